@@ -1,0 +1,38 @@
+"""``sslzoo train`` (also ``python -m training``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train an encoder from a recipe; resumable; exports a zoo folder")
+    p.add_argument("recipe", help="recipe name in training/recipes/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set optim.lr=0.3 (repeatable)")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.csv, export/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from .config import load_recipe
+    from .trainer import Trainer
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    path = Trainer(cfg, args.out, device=args.device).fit(resume=args.resume)
+    print(f"exported {path.parent} (model.safetensors + config.json)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""SimCLR (Chen et al., 2020): two augmented views, projection head, NT-Xent loss.
+
+NT-Xent for a batch of ``B`` images with projections ``z`` of shape ``[2B, d]`` (view 1 rows
+``0..B-1``, view 2 rows ``B..2B-1``), after L2 normalisation ``u_i = z_i / ||z_i||``::
+
+    l_i = -log( exp(u_i . u_p(i) / T) / sum_{j != i} exp(u_i . u_j / T) ),   p(i) = (i + B) mod 2B
+    loss = mean_i l_i
+
+Paper defaults: temperature 0.5 (ImageNet, batch 4096); 0.2 is better for short runs and small
+batches (SimCLR appendix B.9); the projection head is Linear-BN-ReLU-Linear to 128 d.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent over ``z`` = ``cat([z1, z2])`` of shape ``[2B, d]``; computed in fp32."""
+    z = F.normalize(z.float(), dim=1)
+    n = z.shape[0]
+    if n % 2:
+        raise ValueError(f"nt_xent_loss expects an even number of rows (two views), got {n}")
+    b = n // 2
+    logits = z @ z.t() / temperature
+    logits.fill_diagonal_(float("-inf"))
+    target = torch.arange(n, device=z.device).roll(b)
+    return F.cross_entropy(logits, target)
+
+
+class ProjectionHead(nn.Sequential):
+    """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)``."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))
+
+
+class SimCLR(nn.Module):
+    """Backbone + projection head; ``forward(views)`` returns the NT-Xent loss of two views."""
+
+    n_views = 2
+
+    def __init__(self, backbone: nn.Module, *, proj_hidden_dim: int = 512, proj_dim: int = 128,
+                 temperature: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.head = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim)
+        self.temperature = temperature
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        if len(views) != 2:
+            raise ValueError(f"SimCLR takes 2 views, got {len(views)}")
+        z = self.head(self.backbone(torch.cat(views)))
+        return nt_xent_loss(z, self.temperature)

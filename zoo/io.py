@@ -1,0 +1,116 @@
+"""Zoo folders: ``model.safetensors`` (backbone state dict) + ``config.json`` (how to build it).
+
+``config.json`` fields: ``name``, ``arch`` (keyword arguments of :func:`zoo.backbones.build_resnet`),
+``feature_dim``, ``preprocess`` (resize, crop, mean, std, interpolation, in_chans), ``method``,
+``training`` (free-form provenance), ``format_version``. Every write goes to a temporary file in
+the target directory and is renamed into place, so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be used (missing, corrupt, mismatched); one line saying what to do."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_folder(state_dict: dict, config: dict, out_dir: str | Path) -> Path:
+    """Write a zoo folder; returns the weights path. Tensors are made contiguous and detached."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "sslzoo_format_version": str(FORMAT_VERSION)})
+        os.replace(tmp, out_dir / WEIGHTS_NAME)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    cfg = dict(config, format_version=FORMAT_VERSION, sha256=sha256_file(out_dir / WEIGHTS_NAME))
+    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return out_dir / WEIGHTS_NAME
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise WeightsError(f"{folder} has no {CONFIG_NAME}; a zoo folder holds {WEIGHTS_NAME} + {CONFIG_NAME}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def load_safetensors(path: str | Path, expected_sha256: str | None = None) -> dict:
+    """Read a safetensors file, checking its sha256 first when one is expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if expected_sha256:
+        got = sha256_file(path)
+        if got != expected_sha256:
+            raise WeightsError(f"{path}: sha256 {got[:12]}… does not match the pinned {expected_sha256[:12]}…; "
+                               f"delete it and download again")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt headers
+        raise WeightsError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); re-download it") from None
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a one-line message naming missing / unexpected keys
+    and shape mismatches."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+                parts.append(f"{label}: {', '.join(items[:3])}{more}")
+        raise WeightsError(f"{source} does not fit the architecture: {'; '.join(parts)}")
+    module.load_state_dict(state_dict, strict=True)
