@@ -27,11 +27,30 @@ def run_train(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training")
+    """The ``sslzoo`` console script: every subcommand, one error line on bad input."""
+    from eval.cli import add_parsers as add_eval
+    from eval.datasets import DatasetError
+    from zoo.cli import add_parsers as add_zoo
+    from zoo.io import WeightsError
+    from zoo.registry import UnknownModel
+
+    from .config import ConfigError
+    from .trainer import TrainingError
+
+    parser = argparse.ArgumentParser(prog="sslzoo", description="self-supervised encoders: zoo, probes, training")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_zoo(sub)
+    add_eval(sub)
     add_train_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DatasetError, WeightsError, UnknownModel, ConfigError, TrainingError, ValueError) as e:
+        print(f"sslzoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sslzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

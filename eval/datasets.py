@@ -1,0 +1,644 @@
+"""Dataset catalogue: one spec string -> an in-memory or file-backed labelled image split.
+
+Specs: catalogue names (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``stl10``,
+``svhn``, ``tinyimagenet``, ``imagenet``), ``folder:PATH`` (``PATH/train``, ``PATH/test`` and
+optionally ``PATH/val``, one sub-folder per class, see :func:`load_folder`) and ``npz:PATH`` (arrays
+``{split}_image`` uint8 ``[N,H,W(,C)]`` + ``{split}_label``, or ``image`` + ``label`` for the train
+split only, see :func:`load_npz`).
+
+Every loader reads the upstream on-disk format itself (IDX, CIFAR pickle batches, STL10 binary,
+SVHN .mat, image folders), so nothing depends on torchvision's dataset classes except the optional
+download. A dataset that is missing gets a one-line :class:`DatasetNotFound` saying where to put it.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DatasetError(ValueError):
+    """Bad dataset spec or malformed files; the message is one line saying what to do."""
+
+
+class DatasetNotFound(DatasetError):
+    """The dataset is not on disk and could not be downloaded."""
+
+
+def data_home() -> Path:
+    """Root for datasets: ``$SSLZOO_DATA`` or ``~/.cache/sslzoo/data``."""
+    return Path(os.environ.get("SSLZOO_DATA", Path.home() / ".cache" / "sslzoo" / "data")).expanduser()
+
+
+@dataclass
+class ImageSplit:
+    """One labelled split. In-memory splits hold ``images`` as uint8 ``[N, H, W, C]``;
+    file-backed splits hold ``paths`` and decode on access (``get``)."""
+
+    name: str
+    split: str
+    targets: np.ndarray
+    classes: list
+    images: np.ndarray | None = None
+    paths: list | None = None
+    source: str = ""
+    mode: str | None = None  # file-backed only: PIL mode to decode to ("RGB"); None keeps L / RGB as stored
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def channels(self) -> int:
+        if self.images is not None:
+            return self.images.shape[-1]
+        return self.get(0).shape[0]
+
+    def get(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 ``[C, H, W]``."""
+        if self.images is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            if self.mode is not None:
+                im = im.convert(self.mode) if im.mode != self.mode else im.copy()
+            else:
+                im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+        arr = np.asarray(im)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+    def as_tensor(self) -> torch.Tensor:
+        """All images as one uint8 ``[N, C, H, W]`` tensor (in-memory splits only)."""
+        if self.images is None:
+            raise DatasetError(f"{self.name}/{self.split} is file-backed; iterate with .get(i)")
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2)
+
+    def fingerprint(self) -> str:
+        """sha256 over the pixels (or file names + sizes) and labels: the cache key of the data."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            if self.images is not None:
+                h.update(str(self.images.shape).encode())
+                h.update(np.ascontiguousarray(self.images).tobytes())
+            else:
+                for p in self.paths:
+                    h.update(f"{p}:{os.path.getsize(p)}\n".encode())
+            h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+# ----------------------------------------------------------------------------- IDX (MNIST family)
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic ``0x0000 <dtype> <ndim>``, big-endian dims."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = bytearray(f.read())  # writable, so torch.from_numpy on the pixels does not warn
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DatasetError(f"{path} is not an IDX file (bad magic); re-download it")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(data[2])
+    if dtype is None:
+        raise DatasetError(f"{path}: unknown IDX dtype code {data[2]:#x}")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
+    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise DatasetError(f"{path} is truncated ({arr.size} values, header says {int(np.prod(dims))}); re-download it")
+    return arr.reshape(dims)
+
+
+def _find_idx(dirs, stem):
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            p = Path(d) / name
+            if p.is_file():
+                return p
+    return None
+
+
+def _load_idx_dataset(name, split, root, download, debian_dir, tv_name, classes):
+    if split not in _IDX_FILES:
+        raise DatasetError(f"{name} has splits train and test, not {split!r}")
+    base = Path(root) if root else data_home() / name
+    dirs = [base, base / tv_name / "raw", base / "raw", data_home() / name, data_home() / tv_name / "raw"]
+    if debian_dir:
+        dirs.append(Path(debian_dir))
+    img_stem, lbl_stem = _IDX_FILES[split]
+    img, lbl = _find_idx(dirs, img_stem), _find_idx(dirs, lbl_stem)
+    if (img is None or lbl is None) and download:
+        import torchvision
+
+        getattr(torchvision.datasets, tv_name)(str(base), train=(split == "train"), download=True)
+        img, lbl = _find_idx(dirs, img_stem), _find_idx(dirs, lbl_stem)
+    if img is None or lbl is None:
+        hint = " or `apt-get install dataset-fashion-mnist`" if debian_dir else ""
+        raise DatasetNotFound(
+            f"{name} {split} not found: put {img_stem}.gz and {lbl_stem}.gz in {base}{hint}, or pass --download")
+    images, labels = read_idx(img), read_idx(lbl)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise DatasetError(f"{img} / {lbl}: expected N x H x W images and N labels")
+    return ImageSplit(name, split, labels.astype(np.int64), list(classes), images=images[..., None],
+                      source=str(img.parent))
+
+
+def load_fashion_mnist(split="train", root=None, download=False):
+    return _load_idx_dataset("fashion-mnist", split, root, download, "/usr/share/datasets/fashion-mnist",
+                             "FashionMNIST", FASHION_CLASSES)
+
+
+def load_mnist(split="train", root=None, download=False):
+    return _load_idx_dataset("mnist", split, root, download, None, "MNIST", MNIST_CLASSES)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+
+
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
+
+
+def _subdirs(d: Path) -> list:
+    """Visible sub-folder names of ``d``, sorted."""
+    return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+
+
+def _image_files(d: Path) -> list:
+    """Image files directly in ``d`` (extension matched case-insensitively), sorted by name."""
+    return sorted(e.path for e in os.scandir(d) if e.is_file() and not e.name.startswith(".")
+                  and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS)
+
+
+def _find_dir(candidates, required):
+    """The first candidate folder holding every path in ``required``, or None."""
+    for d in candidates:
+        if all((Path(d) / r).exists() for r in required):
+            return Path(d)
+    return None
+
+
+def _scan_class_tree(split_dir: Path, what: str, classes: list, layout: str):
+    """``split_dir/<class>/<image>`` -> (paths, int64 targets) indexed by ``classes`` (the train
+    classes). Every class needs at least one image; a class folder that is not a train class is an error."""
+    index = {c: i for i, c in enumerate(classes)}
+    found = _subdirs(split_dir)
+    unknown = [c for c in found if c not in index]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise DatasetError(f"{split_dir}: class folder {unknown[0]!r}{more} is not a class of train/; "
+                           f"{what} classes must be train classes ({layout})")
+    files = {c: (_image_files(split_dir / c) if c in found else []) for c in classes}
+    if not any(files.values()):
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTS)}) in {split_dir}/<class>/: the layout is {layout}")
+    paths, targets = [], []
+    for c in classes:
+        if not files[c]:
+            raise DatasetError(f"class {c!r} has no {what} images (expected some in {split_dir / c}; layout {layout})")
+        paths += files[c]
+        targets += [index[c]] * len(files[c])
+    return paths, np.asarray(targets, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- folder:PATH and npz:PATH
+
+
+def load_folder(path, split: str = "train") -> ImageSplit:
+    """``PATH/train/<class>/<image>``, ``PATH/test/<class>/<image>`` and, when present, ``PATH/val/...``.
+
+    Classes are the sorted sub-folder names of ``train/``; images are any of :data:`IMAGE_EXTS`
+    (case-insensitive, other files are ignored). Every train class must have images in the requested
+    split and the split may not have class folders that train lacks. File-backed: decoded by ``get``.
+    """
+    root = Path(path).expanduser()
+    layout = f"{root}/{{train,test}}/<class>/<image>"
+    if not root.is_dir():
+        raise DatasetNotFound(f"image folder {root} not found: put the images in {layout}")
+    for sub in ("train", "test"):
+        if not (root / sub).is_dir():
+            raise DatasetError(f"{root} has no {sub}/ sub-folder: the layout is {layout}")
+    splits = ["train", "test"] + (["val"] if (root / "val").is_dir() else [])
+    if split not in splits:
+        extra = "" if "val" in splits else f" (val needs {root}/val)"
+        raise DatasetError(f"image folder {root} has splits {', '.join(splits)}, not {split!r}{extra}")
+    classes = _subdirs(root / "train")
+    if not classes:
+        n = len(_image_files(root / "train"))
+        what = f"it holds {n} images directly; move them into class folders" if n else "it is empty"
+        raise DatasetError(f"{root}/train has no class sub-folders ({what}): the layout is {layout}")
+    paths, targets = _scan_class_tree(root / split, split, classes, layout)
+    return ImageSplit(root.name, split, targets, classes, paths=paths, source=str(root))
+
+
+def _npz_array(z, p, key):
+    try:
+        return z[key]
+    except ValueError:  # object arrays need pickle, which is refused
+        raise DatasetError(f"{p}: array {key!r} is an object (pickled) array; store plain numeric arrays") from None
+
+
+def load_npz(path, split: str = "train") -> ImageSplit:
+    """An ``.npz`` written with ``np.savez``. Split ``S`` reads keys ``S_image`` + ``S_label``; a file
+    with plain ``image`` + ``label`` serves the train split only. ``*_image``: uint8 ``[N,H,W]`` or
+    ``[N,H,W,C]`` with C in {1, 3}; ``*_label``: integer ``[N]`` (train labels < 0 mark unlabeled images
+    and are kept; other splits must be >= 0). Classes: a ``classes`` array of names if present, else
+    ``"0" .. str(max label)`` over all label arrays in the file. Pickled arrays are refused.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DatasetNotFound(f"npz file {p} not found: save it there with np.savez(path, train_image=uint8 [N,H,W,C], "
+                              f"train_label=int [N], test_image=..., test_label=...)")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as e:  # not a zip / npy at all
+        raise DatasetError(f"{p} is not a readable .npz ({type(e).__name__}: {_one_line(e)}); "
+                           f"write it with np.savez") from None
+    if not hasattr(z, "files"):
+        raise DatasetError(f"{p} is a single .npy array, expected an .npz with "
+                           f"train_image/train_label/test_image/test_label")
+    with z:
+        keys = set(z.files)
+        found = ", ".join(sorted(keys)) or "none"
+        if f"{split}_image" in keys or f"{split}_label" in keys:
+            ik, lk = f"{split}_image", f"{split}_label"
+        elif split == "train" and ("image" in keys or "label" in keys):
+            ik, lk = "image", "label"
+        else:
+            alt = " (or image + label)" if split == "train" else " (plain image + label only serve the train split)"
+            raise DatasetError(f"{p} has no arrays for split {split!r}: expected keys {split}_image + "
+                               f"{split}_label{alt}; found {found}")
+        for k in (ik, lk):
+            if k not in keys:
+                raise DatasetError(f"{p}: key {k!r} is missing (expected {ik} + {lk}; found {found})")
+        images, labels = _npz_array(z, p, ik), _npz_array(z, p, lk)
+        expect = "expected uint8 [N,H,W] or [N,H,W,C] with C in {1, 3}"
+        if images.dtype != np.uint8:
+            hint = "; scale floats with (x * 255).round().astype(np.uint8)" if images.dtype.kind == "f" else ""
+            raise DatasetError(f"{p}: {ik!r} has dtype {images.dtype}, {expect}{hint}")
+        if images.ndim == 3:
+            images = images[..., None]
+        elif images.ndim != 4 or images.shape[-1] not in (1, 3):
+            hint = ("; it looks channels-first, transpose it to [N,H,W,C]"
+                    if images.ndim == 4 and images.shape[1] in (1, 3) else "")
+            raise DatasetError(f"{p}: {ik!r} has shape {list(images.shape)}, {expect}{hint}")
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise DatasetError(f"{p}: {lk!r} has dtype {labels.dtype} and shape {list(labels.shape)}, "
+                               f"expected integer [N]")
+        if len(labels) != len(images):
+            raise DatasetError(f"{p}: {lk!r} has {len(labels)} labels but {ik!r} has {len(images)} images; "
+                               f"expected one label per image")
+        labels = labels.astype(np.int64)
+        if split != "train" and labels.size and labels.min() < 0:
+            raise DatasetError(f"{p}: {lk!r} has negative labels; only train labels may be < 0 (unlabeled images)")
+        top = -1  # the largest label over every split, so all splits of one file share the classes
+        for k in keys:
+            if k == "label" or k.endswith("_label"):
+                arr = labels if k == lk else _npz_array(z, p, k)
+                if arr.dtype.kind in "iu" and arr.size:
+                    top = max(top, int(arr.max()))
+        if "classes" in keys:
+            names = _npz_array(z, p, "classes")
+            if names.ndim != 1 or len(names) <= top:
+                raise DatasetError(f"{p}: 'classes' has shape {list(names.shape)}, expected one name per label "
+                                   f"(at least {top + 1})")
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
+        else:
+            classes = [str(i) for i in range(top + 1)]
+    return ImageSplit(p.stem, split, labels, classes, images=np.ascontiguousarray(images), source=str(p))
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 / CIFAR-100
+
+_CIFAR = {
+    "cifar10": dict(dir="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    meta="batches.meta", labels=b"labels", names=b"label_names", tv="CIFAR10",
+                    files="data_batch_1..5, test_batch, batches.meta"),
+    "cifar100": dict(dir="cifar-100-python", train=["train"], test=["test"], meta="meta", labels=b"fine_labels",
+                     names=b"fine_label_names", tv="CIFAR100", files="train, test, meta"),
+}
+
+
+# The only globals a CIFAR batch needs: rebuilding numpy arrays (numpy 1.x and 2.x module names), and
+# _codecs.encode, which is how protocol-2 pickles written by Python 3 store bytes.
+_PICKLE_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _PICKLE_GLOBALS[(_mod, "_reconstruct")] = np.zeros(1).__reduce__()[0]
+    _PICKLE_GLOBALS[(_mod, "scalar")] = np.float64(0).__reduce__()[0]
+del _mod
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reader for the CIFAR "python version" batches. The official dataset files are pickles (a dict of
+    a uint8 numpy array and lists; torchvision reads them with ``pickle.load`` too) and they are only
+    read from dataset folders the user chose. Even so, only :data:`_PICKLE_GLOBALS` are resolved, so a
+    tampered file fails to load instead of running code."""
+
+    def find_class(self, module, name):
+        obj = _PICKLE_GLOBALS.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"refusing global {module}.{name} (not part of a dataset batch)")
+        return obj
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _BatchUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise DatasetError(f"{path} is not a CIFAR python batch ({type(e).__name__}: {_one_line(e)}); "
+                           f"re-download it") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch dict; re-download it")
+    return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
+
+
+def _load_cifar(name, split, root, download):
+    info = _CIFAR[name]
+    if split not in ("train", "test"):
+        raise DatasetError(f"{name} has splits train and test, not {split!r}")
+    base = Path(root).expanduser() if root else data_home() / name
+    candidates = [base / info["dir"], base, data_home() / name / info["dir"]]
+    need = info[split] + [info["meta"]]
+    d = _find_dir(candidates, need)
+    if d is None and download:
+        import torchvision
+
+        getattr(torchvision.datasets, info["tv"])(str(base), train=(split == "train"), download=True)
+        d = _find_dir(candidates, need)
+    if d is None:
+        raise DatasetNotFound(f"{name} {split} not found: put {info['dir']}/ ({info['files']}) in {base}, "
+                              f"or pass --download")
+    meta = _read_cifar_pickle(d / info["meta"])
+    if info["names"] not in meta:
+        raise DatasetError(f"{d / info['meta']} has no {info['names']!r}; re-download {name}")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[info["names"]]]
+    images, labels = [], []
+    for fname in info[split]:
+        batch = _read_cifar_pickle(d / fname)
+        data, lab = batch.get(b"data"), batch.get(info["labels"])
+        if data is None or lab is None:
+            raise DatasetError(f"{d / fname} lacks b'data' or {info['labels']!r}; re-download {name}")
+        data, lab = np.asarray(data), np.asarray(lab, dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
+            raise DatasetError(f"{d / fname}: b'data' is {data.dtype} {list(data.shape)} with {len(lab)} labels, "
+                               f"expected uint8 [N, 3072] and N labels; re-download {name}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are R, G, B planes, row-major
+        labels.append(lab)
+    targets = np.concatenate(labels)
+    if targets.size and (targets.min() < 0 or targets.max() >= len(classes)):
+        raise DatasetError(f"{d}: labels outside 0..{len(classes) - 1}; re-download {name}")
+    return ImageSplit(name, split, targets, classes, images=np.ascontiguousarray(np.concatenate(images)), source=str(d))
+
+
+def load_cifar10(split="train", root=None, download=False):
+    return _load_cifar("cifar10", split, root, download)
+
+
+def load_cifar100(split="train", root=None, download=False):
+    """CIFAR-100 with the 100 fine labels."""
+    return _load_cifar("cifar100", split, root, download)
+
+
+# ----------------------------------------------------------------------------- STL-10
+
+_STL_SPLITS = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"],
+               "train+unlabeled": ["train", "unlabeled"]}
+_STL_BYTES = 3 * 96 * 96
+
+
+def _read_stl_images(paths):
+    """STL-10 ``*_X.bin`` files -> one uint8 ``[N, 96, 96, 3]`` and the per-file counts. Each image is
+    stored channel after channel and each channel column-major (the files come from MATLAB), so a
+    C-order view of one image is ``[C, W, H]``; transposing to ``[H, W, C]`` keeps the images upright."""
+    counts = []
+    for p in paths:
+        size = p.stat().st_size
+        if size % _STL_BYTES:
+            raise DatasetError(f"{p}: {size} bytes is not a whole number of 3x96x96 images; re-download stl10")
+        counts.append(size // _STL_BYTES)
+    out = np.empty((sum(counts), 96, 96, 3), np.uint8)
+    start = 0
+    for p, n in zip(paths, counts):
+        if n:
+            raw = np.memmap(p, dtype=np.uint8, mode="r", shape=(n, 3, 96, 96))
+            for s in range(0, n, 4096):  # chunked so the 2.7 GB unlabeled file is never held twice
+                chunk = raw[s:s + 4096]
+                out[start + s:start + s + len(chunk)] = chunk.transpose(0, 3, 2, 1)
+            del raw
+        start += n
+    return out, counts
+
+
+def load_stl10(split="train", root=None, download=False):
+    """STL-10 binary version. Splits: ``train``, ``test``, ``unlabeled`` (targets -1) and
+    ``train+unlabeled``; labels on disk are 1..10 and come out as 0..9."""
+    if split not in _STL_SPLITS:
+        raise DatasetError(f"stl10 has splits {', '.join(_STL_SPLITS)}, not {split!r}")
+    parts = _STL_SPLITS[split]
+    base = Path(root).expanduser() if root else data_home() / "stl10"
+    need = [f"{s}_X.bin" for s in parts] + [f"{s}_y.bin" for s in parts if s != "unlabeled"] + ["class_names.txt"]
+    candidates = [base / "stl10_binary", base, data_home() / "stl10" / "stl10_binary"]
+    d = _find_dir(candidates, need)
+    if d is None and download:
+        import torchvision
+
+        torchvision.datasets.STL10(str(base), split=split, download=True)
+        d = _find_dir(candidates, need)
+    if d is None:
+        raise DatasetNotFound(f"stl10 {split} not found: put stl10_binary/ ({', '.join(need)}) in {base}, "
+                              f"or pass --download")
+    images, counts = _read_stl_images([d / f"{s}_X.bin" for s in parts])
+    targets = []
+    for s, n in zip(parts, counts):
+        if s == "unlabeled":
+            targets.append(np.full(n, -1, dtype=np.int64))
+            continue
+        y = np.fromfile(d / f"{s}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+        if len(y) != n or (y.size and (y.min() < 0 or y.max() > 9)):
+            raise DatasetError(f"{d / f'{s}_y.bin'}: expected {n} labels in 1..10, found {len(y)}; re-download stl10")
+        targets.append(y)
+    classes = [line.strip() for line in (d / "class_names.txt").read_text().splitlines() if line.strip()]
+    return ImageSplit("stl10", split, np.concatenate(targets), classes, images=images, source=str(d))
+
+
+# ----------------------------------------------------------------------------- SVHN
+
+SVHN_CLASSES = [str(i) for i in range(10)]
+
+
+def load_svhn(split="train", root=None, download=False):
+    """SVHN cropped digits (``{split}_32x32.mat``: ``X`` is H x W x C x N uint8, ``y`` N x 1 with 10 for
+    the digit 0, which comes out as label 0). Splits: train, test, extra. Needs scipy to read .mat."""
+    if split not in ("train", "test", "extra"):
+        raise DatasetError(f"svhn has splits train, test and extra, not {split!r}")
+    base = Path(root).expanduser() if root else data_home() / "svhn"
+    fname = f"{split}_32x32.mat"
+    candidates = [base, base / "svhn", data_home() / "svhn"]
+    d = _find_dir(candidates, [fname])
+    if d is None and download:
+        import torchvision
+
+        torchvision.datasets.SVHN(str(base), split=split, download=True)
+        d = _find_dir(candidates, [fname])
+    if d is None:
+        raise DatasetNotFound(f"svhn {split} not found: put {fname} in {base}, or pass --download")
+    try:
+        import scipy.io
+    except ImportError:
+        raise DatasetError("svhn is stored as MATLAB .mat files, which need scipy: pip install scipy") from None
+    path = d / fname
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except Exception as e:
+        raise DatasetError(f"{path} is not a readable .mat file ({type(e).__name__}: {_one_line(e)}); "
+                           f"re-download it") from None
+    x, y = mat.get("X"), mat.get("y")
+    if x is None or y is None:
+        raise DatasetError(f"{path} lacks the X / y variables; re-download it")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[2] != 3 or y.size != x.shape[3]:
+        raise DatasetError(f"{path}: X is {x.dtype} {list(x.shape)} with {y.size} labels, "
+                           f"expected uint8 [H, W, 3, N] and N labels; re-download it")
+    labels = y.reshape(-1).astype(np.int64)
+    labels[labels == 10] = 0
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"{path}: labels outside 1..10; re-download it")
+    images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))  # H W C N -> N H W C
+    return ImageSplit("svhn", split, labels, list(SVHN_CLASSES), images=images, source=str(d))
+
+
+# ----------------------------------------------------------------------------- Tiny ImageNet / ImageNet
+
+
+def _wnid_names(words: Path, wnids: list) -> list:
+    """Readable class names from ``words.txt`` (``wnid<TAB>name, synonym, ...``): the first name,
+    with the wnid appended where two classes share it; the wnid itself when unknown."""
+    table = {}
+    if words.is_file():
+        for line in words.read_text(encoding="utf-8", errors="replace").splitlines():
+            wnid, _, text = line.partition("\t")
+            table[wnid.strip()] = text.split(",")[0].strip()
+    names = [table.get(w) or w for w in wnids]
+    return [f"{n} ({w})" if n != w and names.count(n) > 1 else n for n, w in zip(names, wnids)]
+
+
+def load_tinyimagenet(split="train", root=None, download=False):
+    """Tiny ImageNet 200 (``tiny-imagenet-200/``), file-backed 64x64 JPEGs decoded to RGB.
+
+    Splits: ``train`` (``train/<wnid>/images/*.JPEG``), ``val`` (``val/images/*.JPEG`` labelled by
+    ``val/val_annotations.txt``) and ``test``, which is the labelled val split: the official test
+    images have no public labels. Classes are the sorted wnids of ``wnids.txt``, named via ``words.txt``.
+    """
+    if split not in ("train", "val", "test"):
+        raise DatasetError(f"tinyimagenet has splits train, val and test (= val), not {split!r}")
+    base = Path(root).expanduser() if root else data_home() / "tinyimagenet"
+    need = ["wnids.txt", "train" if split == "train" else "val/val_annotations.txt"]
+    d = _find_dir([base / "tiny-imagenet-200", base, data_home() / "tinyimagenet" / "tiny-imagenet-200"], need)
+    if d is None:
+        raise DatasetNotFound(f"tinyimagenet {split} not found: unzip tiny-imagenet-200.zip "
+                              f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {base} so that "
+                              f"{base / 'tiny-imagenet-200' / need[1]} exists (there is no automatic download)")
+    wnids = sorted({line.strip() for line in (d / "wnids.txt").read_text().splitlines() if line.strip()})
+    if not wnids:
+        raise DatasetError(f"{d / 'wnids.txt'} is empty; re-download tinyimagenet")
+    index = {w: i for i, w in enumerate(wnids)}
+    paths, targets = [], []
+    if split == "train":
+        for w in wnids:
+            img_dir = d / "train" / w / "images"
+            files = _image_files(img_dir) if img_dir.is_dir() else []
+            if not files:
+                raise DatasetError(f"class {w!r} has no train images (expected {img_dir}/*.JPEG); "
+                                   f"re-download tinyimagenet")
+            paths += files
+            targets += [index[w]] * len(files)
+    else:
+        ann = d / "val" / "val_annotations.txt"
+        img_dir = d / "val" / "images"
+        present = set(os.listdir(img_dir)) if img_dir.is_dir() else set()
+        for n, line in enumerate(ann.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) < 2 or cols[1].strip() not in index:
+                raise DatasetError(f"{ann} line {n}: expected 'file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1' with a wnid "
+                                   f"from wnids.txt, got {line[:80]!r}")
+            if cols[0] not in present:
+                raise DatasetError(f"{ann} line {n}: {cols[0]} is missing from {img_dir}; re-download tinyimagenet")
+            paths.append(str(img_dir / cols[0]))
+            targets.append(index[cols[1].strip()])
+        if not paths:
+            raise DatasetError(f"{ann} lists no images; re-download tinyimagenet")
+    return ImageSplit("tinyimagenet", split, np.asarray(targets, dtype=np.int64), _wnid_names(d / "words.txt", wnids),
+                      paths=paths, source=str(d), mode="RGB")
+
+
+def load_imagenet(split="train", root=None, download=False):
+    """ImageNet-1k in torchvision's ImageFolder layout: ``root/train/<wnid>/*.JPEG`` and
+    ``root/val/<wnid>/*.JPEG`` (val sorted into class folders, the usual valprep.sh step). File-backed,
+    decoded to RGB; classes are the sorted wnids. ``test`` = ``val`` (test labels are not public)."""
+    if split not in ("train", "val", "test"):
+        raise DatasetError(f"imagenet has splits train, val and test (= val), not {split!r}")
+    base = Path(root).expanduser() if root else data_home() / "imagenet"
+    sub = "train" if split == "train" else "val"
+    layout = f"{base}/{{train,val}}/<wnid>/*.JPEG"
+    d = _find_dir([base, data_home() / "imagenet"], ["train", sub])
+    if d is None:
+        raise DatasetNotFound(f"imagenet {split} not found: put the ILSVRC2012 train/ and val/ folders as {layout} "
+                              f"(there is no automatic download; get it from image-net.org)")
+    layout = f"{d}/{{train,val}}/<wnid>/*.JPEG"
+    classes = _subdirs(d / "train")
+    if not classes:
+        raise DatasetError(f"{d}/train has no class folders: the layout is {layout}")
+    if sub == "val" and not _subdirs(d / "val") and _image_files(d / "val"):
+        raise DatasetError(f"{d}/val holds its images flat: sort them into val/<wnid>/ folders first "
+                           f"(the usual valprep.sh step), the layout is {layout}")
+    paths, targets = _scan_class_tree(d / sub, sub, classes, layout)
+    return ImageSplit("imagenet", split, targets, classes, paths=paths, source=str(d), mode="RGB")
+
+
+LOADERS = {
+    "fashion-mnist": load_fashion_mnist,
+    "mnist": load_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "stl10": load_stl10,
+    "svhn": load_svhn,
+    "tinyimagenet": load_tinyimagenet,
+    "imagenet": load_imagenet,
+}
+
+
+def load_split(spec: str, split: str = "train", root: str | None = None, download: bool = False) -> ImageSplit:
+    """Resolve a dataset spec to one split."""
+    if spec.startswith("folder:"):
+        return load_folder(spec[len("folder:"):], split)
+    if spec.startswith("npz:"):
+        return load_npz(spec[len("npz:"):], split)
+    key = spec.lower().replace("_", "-")
+    key = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "tiny-imagenet": "tinyimagenet"}.get(key, key)
+    if key not in LOADERS:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(LOADERS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DatasetError(f"unknown dataset {spec!r}{hint} (catalogue: {', '.join(LOADERS)}; or folder:PATH, npz:PATH)")
+    return LOADERS[key](split=split, root=root, download=download)

@@ -1,0 +1,122 @@
+"""Frozen-feature extraction with an on-disk cache.
+
+The cache key is the sha256 of (weights sha256 — or of the parameters when the model has no
+weights file —, dataset fingerprint, split, the preprocessing, the precision and a format
+version). Cached features live in ``$SSLZOO_HOME/features/<key>.safetensors`` (default
+``~/.cache/sslzoo``), written atomically, so a killed run never leaves a half file behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from zoo.io import WeightsError
+
+from .datasets import ImageSplit
+
+FEATURE_FORMAT = 1
+
+
+def sslzoo_home() -> Path:
+    return Path(os.environ.get("SSLZOO_HOME", Path.home() / ".cache" / "sslzoo")).expanduser()
+
+
+def params_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's tensors, for models that came from no weights file."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if v.numel() else b"")
+    return h.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    return getattr(model, "weights_sha256", None) or params_sha256(model)
+
+
+def cache_key(model_fp: str, split: ImageSplit, preprocess, precision: str) -> str:
+    payload = {"model": model_fp, "data": split.fingerprint(), "dataset": split.name, "split": split.split,
+               "preprocess": preprocess.to_dict() if hasattr(preprocess, "to_dict") else repr(preprocess),
+               "precision": precision, "format": FEATURE_FORMAT}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _check_input(model, split: ImageSplit, preprocess) -> None:
+    need = preprocess.in_chans
+    have = split.channels
+    if have not in (need, 1, 3, 4):
+        raise WeightsError(f"{split.name} images have {have} channels; the model takes {need}")
+
+
+def _batches(split: ImageSplit, preprocess, batch_size: int):
+    n = len(split)
+    if split.images is not None:
+        x = split.as_tensor()
+        for i in range(0, n, batch_size):
+            yield preprocess(x[i:i + batch_size])
+    else:
+        for i in range(0, n, batch_size):
+            yield torch.stack([preprocess(split.get(j)) for j in range(i, min(n, i + batch_size))])
+
+
+@torch.no_grad()
+def extract(model: torch.nn.Module, split: ImageSplit, *, preprocess=None, batch_size: int = 512,
+            precision: str = "fp32", device: str | None = None, cache: bool = True,
+            desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``[N, D]`` (float32) and labels ``[N]`` of ``split`` under ``model``.
+
+    ``precision`` is ``fp32`` (default; bit-stable) or ``bf16`` (autocast; about 2x faster on CPUs
+    with AVX-512 bf16)."""
+    preprocess = preprocess or model.preprocess
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    labels = torch.as_tensor(np.asarray(split.targets), dtype=torch.int64)
+    key = cache_key(model_fingerprint(model), split, preprocess, precision)
+    path = sslzoo_home() / "features" / f"{key}.safetensors"
+    if cache and path.is_file():
+        try:
+            t = load_file(str(path))
+            if t["features"].shape[0] == len(split):
+                return t["features"], labels
+        except Exception:  # corrupt cache entry: recompute and overwrite
+            pass
+    _check_input(model, split, preprocess)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(dev).eval()
+    out = []
+    with tqdm(total=len(split), desc=desc or f"features {split.name}/{split.split}", unit="img",
+              dynamic_ncols=True, leave=False) as bar:
+        for xb in _batches(split, preprocess, batch_size):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                f = model(xb.to(dev))
+            out.append(f.float().cpu().reshape(len(xb), -1))
+            bar.update(len(xb))
+    feats = torch.cat(out) if out else torch.empty(0, 0)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": feats.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    return feats, labels
+
+
+class Pixels(torch.nn.Module):
+    """The raw-pixel baseline: the preprocessed image, flattened."""
+
+    feature_dim = None
+
+    def __init__(self, preprocess):
+        super().__init__()
+        self.preprocess = preprocess
+        self.weights_sha256 = "pixels"
+
+    def forward(self, x):
+        return x.flatten(1)

@@ -1,0 +1,187 @@
+"""Result tables: one row per (model, weights, dataset, protocol) evaluation.
+
+Rows are dicts with at least the :data:`REQUIRED` columns (accuracies in percent,
+``accuracy_std`` NaN for a single run) plus any optional parameters. :func:`make_table` builds a
+sorted :class:`pandas.DataFrame`, :func:`render` formats it as Markdown (human-readable, rounded),
+CSV or JSON (machine-readable, full precision), and :func:`write_table` writes it atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "write_table"]
+
+#: Columns every row must provide, in display order.
+REQUIRED: tuple[str, ...] = ("model", "weights_sha256", "dataset", "protocol", "accuracy_mean", "accuracy_std",
+                             "seeds", "n")
+#: Output formats and the file suffix that selects each.
+FORMATS: dict[str, str] = {".md": "md", ".csv": "csv", ".json": "json"}
+_SORT_KEYS = ("dataset", "protocol", "model")
+
+
+def _natural_key(value) -> tuple:
+    """Sort key where digit runs compare as numbers: ``few-shot k=5`` < ``few-shot k=10``."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", "" if value is None else str(value))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+
+
+def _seeds_str(seeds) -> str:
+    if isinstance(seeds, str):
+        return seeds.replace(" ", "")
+    if isinstance(seeds, (int, np.integer)):
+        return str(int(seeds))
+    return ",".join(str(int(s)) for s in seeds)
+
+
+def _is_missing(v) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def _float_or_nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """Build the result table.
+
+    Each row needs ``model``, ``weights_sha256``, ``dataset``, ``protocol``, ``accuracy_mean``
+    (percent), ``accuracy_std`` (percent; ``None``/NaN for a single run), ``seeds`` (``"0,1,2"`` or a
+    list of ints) and ``n`` (number of seeds); any other keys become extra columns (after the
+    required ones, in first-seen order; missing values are NaN).
+
+    Rows are sorted stably by ``dataset``, ``protocol``, ``model`` using natural order (numbers inside
+    the strings compare numerically); rows with equal keys keep their input order.
+    """
+    rows = list(rows)
+    extras: list[str] = []
+    clean = []
+    for i, row in enumerate(rows):
+        missing = [c for c in REQUIRED if c not in row]
+        if missing:
+            raise ValueError(f"row {i} is missing {', '.join(missing)}; required columns are {', '.join(REQUIRED)}")
+        r = dict(row)
+        r["accuracy_mean"] = _float_or_nan(r["accuracy_mean"])
+        r["accuracy_std"] = _float_or_nan(r["accuracy_std"])
+        r["seeds"] = _seeds_str(r["seeds"])
+        r["n"] = int(r["n"])
+        for k in r:
+            if k not in REQUIRED and k not in extras:
+                extras.append(k)
+        clean.append(r)
+    clean.sort(key=lambda r: tuple(_natural_key(r[k]) for k in _SORT_KEYS))  # list.sort is stable
+    df = pd.DataFrame(clean, columns=list(REQUIRED) + extras)
+    for c in extras:  # integer parameters with gaps stay integers (nullable Int64), not 5.0
+        vals = [r[c] for r in clean if c in r and not _is_missing(r[c])]
+        if vals and len(vals) < len(clean) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                   for v in vals):
+            df[c] = df[c].astype("Int64")
+    df["accuracy_mean"] = df["accuracy_mean"].astype("float64")
+    df["accuracy_std"] = df["accuracy_std"].astype("float64")
+    df["n"] = df["n"].astype("int64")
+    for c in ("model", "weights_sha256", "dataset", "protocol", "seeds"):
+        df[c] = df[c].astype(object)
+    return df.reset_index(drop=True)
+
+
+def _fmt_accuracy(mean: float, std: float) -> str:
+    if _is_missing(std):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _cell(v) -> str:
+    if _is_missing(v):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.6g}"
+    return str(v)
+
+
+def _render_md(df: pd.DataFrame) -> str:
+    cols = [c for c in df.columns if c not in ("accuracy_mean", "accuracy_std")]
+    pos = cols.index("protocol") + 1 if "protocol" in cols else len(cols)
+    cols.insert(pos, "accuracy")
+    body = []
+    for rec in df.to_dict(orient="records"):
+        rec["accuracy"] = _fmt_accuracy(rec["accuracy_mean"], rec["accuracy_std"])
+        for c in cols:  # weights_sha256 and any other hash column (e.g. dataset_sha256)
+            if c.endswith("sha256") and not _is_missing(rec[c]):
+                rec[c] = str(rec[c])[:12]
+        body.append([rec["accuracy"] if c == "accuracy" else _cell(rec[c]) for c in cols])
+    headers = ["sha256" if c == "weights_sha256" else c for c in cols]
+    # disable_numparse: keep sha prefixes, seeds etc. verbatim (no "1e+11" for an all-digit hash).
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
+
+
+def _json_default(v):
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return None if math.isnan(v) else float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"cannot serialise {type(v).__name__} to JSON")
+
+
+def _nan_to_none(v):
+    return None if _is_missing(v) else v
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """Format a table from :func:`make_table`.
+
+    * ``"md"``: GitHub Markdown via tabulate; accuracy as ``89.12 ± 0.31`` (``89.12`` when the std is
+      NaN), ``*sha256`` columns shortened to 12 characters, extra columns shown as text.
+    * ``"csv"``: all columns, full float precision (shortest round-trip repr), full sha; NaN -> empty.
+    * ``"json"``: list of records, full precision, full sha; NaN -> ``null``.
+    """
+    if fmt == "md":
+        return _render_md(df)
+    if fmt == "csv":
+        return df.to_csv(index=False, lineterminator="\n")
+    if fmt == "json":
+        records = [{k: _nan_to_none(v) for k, v in rec.items()} for rec in df.to_dict(orient="records")]
+        return json.dumps(records, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+    raise ValueError(f"unknown table format {fmt!r}; use one of: md, csv, json")
+
+
+def write_table(df: pd.DataFrame, path) -> Path:
+    """Write ``df`` to ``path`` in the format given by its suffix (``.md``, ``.csv``, ``.json``).
+
+    The text goes to a temporary file in the same directory which then replaces ``path`` with
+    :func:`os.replace`, so readers never see a partial file; the temporary file is removed on error.
+    Missing parent directories are created. Returns the path.
+    """
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the table format from {path.name!r}; use a .md, .csv or .json suffix")
+    text = render(df, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates 0600; keep the mode of the file being replaced, else a normal 0644.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from setuptools import setup
+
+setup(
+    name="ssl-zoo",
+    version="0.1.0",
+    description="Self-supervised vision encoders: a torch.hub zoo with safetensors weights, honest probes, "
+                "and the training code that reproduces them",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["zoo", "eval", "training", "training.methods"],
+    package_data={"zoo": ["bundled/*/model.safetensors", "bundled/*/config.json"],
+                  "training": ["recipes/*.yaml"]},
+    py_modules=["hubconf"],
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "huggingface_hub>=0.20",
+        "safetensors>=0.4",
+        "scikit-learn>=1.3",
+        "pandas>=2.0",
+        "tabulate>=0.9",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+        "numpy>=1.24",
+        "pillow>=9.0",
+        "scipy>=1.10",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["sslzoo=training.cli:main"]},
+)

@@ -1,0 +1,72 @@
+"""Per-model preprocessing: channel conversion -> resize (shorter side) -> centre crop -> normalise.
+
+Works on a PIL image, a uint8 tensor ``[C, H, W]`` or a same-sized uint8 batch ``[B, C, H, W]``
+(the batched path is what feature extraction uses for in-memory datasets).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: int
+    crop: int
+    mean: tuple
+    std: tuple
+    interpolation: str = "bilinear"
+    in_chans: int = 3
+
+    def __post_init__(self):
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def describe(self) -> str:
+        return (f"resize {self.resize} ({self.interpolation}) -> center crop {self.crop} -> "
+                f"{self.in_chans}-channel, mean {list(self.mean)}, std {list(self.std)}")
+
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-3]
+        if c == self.in_chans:
+            return x
+        if c == 1 and self.in_chans == 3:
+            return x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+        if c == 3 and self.in_chans == 1:
+            return TF.rgb_to_grayscale(x, num_output_channels=1)
+        if c == 4 and self.in_chans in (1, 3):
+            return self._channels(x[..., :3, :, :])
+        raise ValueError(f"images have {c} channels but the model takes {self.in_chans}; convert them to "
+                         f"{'RGB' if self.in_chans == 3 else 'grayscale'} first")
+
+    def __call__(self, img) -> torch.Tensor:
+        """PIL image / uint8 ``[C,H,W]`` / uint8 ``[B,C,H,W]`` -> float32 normalised tensor."""
+        if not isinstance(img, torch.Tensor):
+            img = TF.pil_to_tensor(img)
+        if img.ndim not in (3, 4):
+            raise ValueError(f"expected an image [C,H,W] or batch [B,C,H,W], got shape {tuple(img.shape)}")
+        x = self._channels(img)
+        interp = InterpolationMode(self.interpolation)
+        if min(x.shape[-2:]) != self.resize:
+            x = TF.resize(x, self.resize, interpolation=interp, antialias=True)
+        if tuple(x.shape[-2:]) != (self.crop, self.crop):
+            x = TF.center_crop(x, [self.crop, self.crop])
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return TF.normalize(x, list(self.mean), list(self.std))
