@@ -28,7 +28,7 @@ DEFAULTS: dict = {
               "min_lr_ratio": 0.0},
     "train": {"seed": 0, "bf16": True, "channels_last": True, "threads": 0, "checkpoint_minutes": 3.0,
               "log_every": 20, "monitor_every_epochs": 5, "monitor_size": 10000, "monitor_val_size": 5000,
-              "max_steps": None},
+              "max_steps": None, "stop_at_step": None},
     "export": {"preprocess": {"resize": None, "crop": None, "mean": None, "std": None, "interpolation": "bilinear"},
                "description": ""},
 }
@@ -54,8 +54,29 @@ def _merge(base: dict, new: dict, where: str = "") -> dict:
                 raise ConfigError(f"config key {path!r} is a section; set its fields, e.g. {path}.<key>=...")
             out[k] = _merge(base[k], v, path + ".")
         else:
-            out[k] = v
+            out[k] = _check_type(path, base[k], v)
     return out
+
+
+def _check_type(path: str, default, value):
+    """Reject values whose type cannot be what the default's type means (``optim.lr=abc``)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+        want = "a list like [a, b]"
+    else:
+        ok = isinstance(value, str)
+        want = "a string"
+    if not ok:
+        raise ConfigError(f"config key {path!r} must be {want}, got {value!r}")
+    return value
 
 
 def parse_override(item: str) -> dict:

@@ -68,13 +68,16 @@ def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def _rng_state(gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "aug": gen.get_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached": float(cached)}  # plain types: loadable with weights_only
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(), "aug": gen.get_state()}
 
 
 def _set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    s = state["numpy"]
+    np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
     random.setstate(state["python"])
     gen.set_state(state["aug"])
 
@@ -193,66 +196,65 @@ class Trainer:
         mon_path = self.out / "monitor.csv"
         if not mon_path.exists() or not resume:
             atomic_write_text(mon_path, "epoch,step,knn20_heldout_train\n")
-        base_lrs = [g["lr"] for g in self.opt.param_groups]
-        for g in self.opt.param_groups:
-            g["initial_lr"] = o["lr"]
         last_ckpt = time.time()
         t0 = time.time()
+        stop = min(total, int(t["stop_at_step"])) if t["stop_at_step"] else total
         pbar = tqdm(total=total, initial=self.step, desc=cfg["name"], unit="step", dynamic_ncols=True)
         self.model.train()
-        epoch = start_epoch
+        epoch, batch = start_epoch, start_batch
         try:
-            while self.step < total:
+            while self.step < stop:
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(t["seed"] * 100003 + epoch))
-                for b in range(start_batch, steps_per_epoch):
-                    if self.step >= total:
-                        break
-                    ts = time.time()
-                    lr_mult = warmup_cosine(self.step, total, warmup, o["min_lr_ratio"])
-                    for g in self.opt.param_groups:
-                        g["lr"] = o["lr"] * lr_mult
-                    xb = x[perm[b * bs:(b + 1) * bs]].to(self.device)
-                    views = [self.aug(xb, self.gen).to(memory_format=torch.channels_last)
-                             for _ in range(self.model.n_views)]
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
-                        loss = self.model(views)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"loss is {loss.item()} at step {self.step} (epoch {epoch}); the last good checkpoint "
-                            f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.opt.step()
-                    self.step += 1
-                    dt = time.time() - ts
-                    pbar.update(1)
-                    if self.step % t["log_every"] == 0 or self.step == total:
-                        pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{o['lr'] * lr_mult:.3g}", ep=epoch)
-                        log.writerow([self.step, epoch, f"{loss.item():.5f}", f"{o['lr'] * lr_mult:.6g}",
-                                      f"{bs / dt:.1f}", f"{time.time() - t0:.1f}"])
-                        logf.flush()
+                while batch < steps_per_epoch and self.step < stop:
+                    self._train_step(x[perm[batch * bs:(batch + 1) * bs]], total, warmup, epoch, ckpt, log, logf,
+                                     pbar, t0)
+                    batch += 1
                     if time.time() - last_ckpt > 60 * t["checkpoint_minutes"]:
-                        save_checkpoint(ckpt, self.state(epoch, b + 1))
+                        save_checkpoint(ckpt, self.state(epoch, batch))
                         last_ckpt = time.time()
-                else:
-                    start_batch = 0
-                    epoch += 1
-                    save_checkpoint(ckpt, self.state(epoch, 0))
-                    last_ckpt = time.time()
-                    me = t["monitor_every_epochs"]
-                    if me and (epoch % me == 0 or self.step >= total):
-                        acc = self.monitor(x, y)
-                        with open(mon_path, "a") as f:
-                            f.write(f"{epoch},{self.step},{acc:.4f}\n")
-                        tqdm.write(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
-                    continue
-                break
+                if batch < steps_per_epoch:
+                    break  # stopped mid-epoch (stop_at_step)
+                epoch, batch = epoch + 1, 0
+                save_checkpoint(ckpt, self.state(epoch, batch))
+                last_ckpt = time.time()
+                me = t["monitor_every_epochs"]
+                if me and (epoch % me == 0 or self.step >= total):
+                    acc = self.monitor(x, y)
+                    with open(mon_path, "a") as f:
+                        f.write(f"{epoch},{self.step},{acc:.4f}\n")
+                    tqdm.write(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
         finally:
             pbar.close()
             logf.close()
-        save_checkpoint(ckpt, self.state(epoch, start_batch if self.step < total else 0))
-        del base_lrs
+        save_checkpoint(ckpt, self.state(epoch, batch))
+        if self.step < total:
+            tqdm.write(f"stopped at step {self.step} of {total}; continue with --resume")
+            return ckpt
         return self.export()
+
+    def _train_step(self, xb, total, warmup, epoch, ckpt, log, logf, pbar, t0) -> None:
+        o, t = self.cfg["optim"], self.cfg["train"]
+        ts = time.time()
+        lr = o["lr"] * warmup_cosine(self.step, total, warmup, o["min_lr_ratio"])
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        xb = xb.to(self.device)
+        views = [self.aug(xb, self.gen).to(memory_format=torch.channels_last) for _ in range(self.model.n_views)]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
+            loss = self.model(views)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at step {self.step} (epoch {epoch}); the last good checkpoint "
+                                f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        pbar.update(1)
+        if self.step % t["log_every"] == 0 or self.step == total:
+            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", ep=epoch)
+            log.writerow([self.step, epoch, f"{loss.item():.5f}", f"{lr:.6g}", f"{len(xb) / (time.time() - ts):.1f}",
+                          f"{time.time() - t0:.1f}"])
+            logf.flush()
 
     def export(self) -> Path:
         """Write the backbone as a zoo folder ``OUT/export`` (model.safetensors + config.json)."""
