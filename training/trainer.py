@@ -168,9 +168,9 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> Path:
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
+        x, y = self._load_data()  # bad data fails before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.yaml", __import__("yaml").safe_dump(cfg, sort_keys=False))
-        x, y = self._load_data()
         n = len(x)
         bs = o["batch_size"]
         steps_per_epoch = n // bs
