@@ -31,7 +31,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--no-cache", action="store_true", help="recompute features")
     p.add_argument("--out", default=None, help="also write the table to OUT.md / OUT.csv / OUT.json")
-    p.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    p.add_argument("--format", choices=("md", "csv", "json"), default="md",
+                   help="md: one row per model, one column per protocol; csv/json: every field")
     p.set_defaults(func=run_eval)
     p = sub.add_parser("leaderboard", help="all stored results as one table")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
@@ -40,14 +41,14 @@ def add_parsers(sub) -> None:
 
 def run_eval(args) -> int:
     from .run import evaluate, parse_probes
-    from .tables import make_table, render, write_table
+    from .tables import make_table, render, render_summary, write_table
 
     baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
     rows = evaluate(args.model, args.dataset, probes=parse_probes(args.probes), shots=_int_list(args.shots),
                     seeds=_int_list(args.seeds), baselines=baselines, root=args.root, download=args.download,
                     precision=args.precision, batch_size=args.batch_size, cache=not args.no_cache)
     df = make_table(rows)
-    print(render(df, args.format))
+    print(render_summary(df) if args.format == "md" else render(df, args.format))
     print("\nprotocols: linear = logistic regression, L2 chosen on a 10% validation split of train, refit on all "
           "train; knn = cosine, weights exp(s/T); few-shot = k per class, mean ± std over seeds; all on test.")
     if args.out:
@@ -67,7 +68,8 @@ def run_leaderboard(args) -> int:
     keep = {}
     for r in rows:  # the latest result per (model, weights, dataset, protocol)
         keep[(r["model"], r["weights_sha256"], r["dataset"], r["protocol"])] = r
-    print(render(make_table(list(keep.values())), args.format))
+    df = make_table(list(keep.values()))
+    print(render_summary(df) if args.format == "md" else render(df, args.format))
     return 0
 
 

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "write_table"]
+from zoo.io import atomic_write_text
+
+__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table"]
 
 #: Columns every row must provide, in display order.
 REQUIRED: tuple[str, ...] = ("model", "weights_sha256", "dataset", "protocol", "accuracy_mean", "accuracy_std",
@@ -167,21 +169,20 @@ def write_table(df: pd.DataFrame, path) -> Path:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot tell the table format from {path.name!r}; use a .md, .csv or .json suffix")
-    text = render(df, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; keep the mode of the file being replaced, else a normal 0644.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, render(df, fmt))
     return path
+
+
+def render_summary(df: pd.DataFrame) -> str:
+    """One row per (model, weights, dataset), one column per protocol: the table people read.
+
+    Cells are ``mean ± std`` in percent; protocols keep natural order (linear, kNN, few-shot by k)."""
+    protos = sorted(df["protocol"].unique(), key=lambda p: (not str(p).startswith("linear"),
+                                                            not str(p).startswith("knn"), _natural_key(p)))
+    rows = []
+    for (model, sha, dataset), g in df.groupby(["model", "weights_sha256", "dataset"], sort=False):
+        cells = {r["protocol"]: _fmt_accuracy(r["accuracy_mean"], r["accuracy_std"])
+                 for r in g.to_dict(orient="records")}
+        rows.append([model, str(sha)[:12], dataset] + [cells.get(p, "") for p in protos])
+    return tabulate(rows, headers=["model", "sha256", "dataset", *protos], tablefmt="github",
+                    disable_numparse=True) + "\n"

@@ -146,3 +146,20 @@ def test_write_table_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match=r"\.md, \.csv or \.json"):
         write_table(make_table(rows()), tmp_path / "t.txt")
     assert os.listdir(tmp_path) == []
+
+
+def test_render_summary_one_row_per_model_one_column_per_protocol():
+    from eval.tables import render_summary
+
+    rows = [dict(model=m, weights_sha256="ab" * 32, dataset="d", protocol=p, accuracy_mean=a, accuracy_std=s,
+                 seeds="0", n=1)
+            for m, p, a, s in [("m1", "few-shot k=10", 70.0, 1.5), ("m1", "linear", 90.0, None),
+                               ("m2", "linear", 80.0, None), ("m1", "few-shot k=5", 60.0, 2.0),
+                               ("m1", "knn k=20 T=0.07", 85.0, None)]]
+    out = render_summary(make_table(rows)).splitlines()
+    header = [c.strip() for c in out[0].strip("|").split("|")]
+    assert header == ["model", "sha256", "dataset", "linear", "knn k=20 T=0.07", "few-shot k=5", "few-shot k=10"]
+    m1 = [c.strip() for c in out[2].strip("|").split("|")] if "m1" in out[2] else [
+        c.strip() for c in out[3].strip("|").split("|")]
+    assert m1 == ["m1", "ab" * 6, "d", "90.00", "85.00", "60.00 ± 2.00", "70.00 ± 1.50"]
+    assert len(out) == 4  # header, rule, 2 models

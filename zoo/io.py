@@ -33,6 +33,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _public_mode(path: str) -> None:
+    """mkstemp creates 0600 files; give the final file the usual mode (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +49,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -62,6 +70,7 @@ def save_folder(state_dict: dict, config: dict, out_dir: str | Path) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt", "sslzoo_format_version": str(FORMAT_VERSION)})
+        _public_mode(tmp)
         os.replace(tmp, out_dir / WEIGHTS_NAME)
     except BaseException:
         if os.path.exists(tmp):
