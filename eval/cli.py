@@ -59,7 +59,7 @@ def run_eval(args) -> int:
 
 def run_leaderboard(args) -> int:
     from .run import load_rows
-    from .tables import make_table, render
+    from .tables import make_table, render, render_summary
 
     rows = load_rows()
     if not rows:

@@ -69,6 +69,8 @@ def test_eval_folder_model_on_image_folder(image_folder, model_folder, tmp_path)
         (model_folder / "config.json").read_text())["sha256"]
     lb = sslzoo("leaderboard", "--format", "csv")
     assert lb.returncode == 0 and "pixels" in lb.stdout
+    lb = sslzoo("leaderboard")
+    assert lb.returncode == 0 and "| model" in lb.stdout and "few-shot k=2" in lb.stdout, lb.stderr
 
 
 def test_unknown_model(tmp_path):

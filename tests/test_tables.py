@@ -134,7 +134,7 @@ def test_write_table_failure_keeps_old_file_and_cleans_up(tmp_path, monkeypatch)
     def boom(src, dst):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(tables.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)  # the atomic write (zoo.io) renames with os.replace
     with pytest.raises(OSError, match="disk on fire"):
         write_table(make_table(rows()), path)
     monkeypatch.undo()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from eval.datasets import load_split
@@ -170,7 +170,7 @@ class Trainer:
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
         x, y = self._load_data()  # bad data fails before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.yaml", __import__("yaml").safe_dump(cfg, sort_keys=False))
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         n = len(x)
         bs = o["batch_size"]
         steps_per_epoch = n // bs

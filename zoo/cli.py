@@ -1,7 +1,6 @@
 """``sslzoo list`` and ``sslzoo info`` (also ``python -m zoo``)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
