@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from zoo.io import WeightsError
+from zoo.io import WeightsError, atomic_save_safetensors
 
 from .datasets import ImageSplit
 
@@ -101,10 +101,7 @@ def extract(model: torch.nn.Module, split: ImageSplit, *, preprocess=None, batch
             bar.update(len(xb))
     feats = torch.cat(out) if out else torch.empty(0, 0)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"features": feats.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        atomic_save_safetensors({"features": feats.contiguous()}, path)
     return feats, labels
 
 

@@ -61,21 +61,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """``safetensors.save_file`` to a temporary file beside ``path``, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        _public_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save_folder(state_dict: dict, config: dict, out_dir: str | Path) -> Path:
     """Write a zoo folder; returns the weights path. Tensors are made contiguous and detached."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", "sslzoo_format_version": str(FORMAT_VERSION)})
-        _public_mode(tmp)
-        os.replace(tmp, out_dir / WEIGHTS_NAME)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_save_safetensors(tensors, out_dir / WEIGHTS_NAME,
+                            {"format": "pt", "sslzoo_format_version": str(FORMAT_VERSION)})
     cfg = dict(config, format_version=FORMAT_VERSION, sha256=sha256_file(out_dir / WEIGHTS_NAME))
     atomic_write_text(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out_dir / WEIGHTS_NAME
