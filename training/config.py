@@ -18,7 +18,7 @@ DEFAULTS: dict = {
     "name": "run",
     "method": {"name": "simclr", "temperature": 0.5, "proj_hidden_dim": 512, "proj_dim": 128},
     "model": {"arch": "resnet18", "stem": "imagenet", "stem_padding": 1, "maxpool": True, "width": 64,
-              "in_chans": 3, "expand_dim": None},
+              "in_chans": 3, "expand_dim": None, "expand_mid": 512},
     "data": {"dataset": "fashion-mnist", "root": None, "download": False, "split": "train"},
     "augment": {"size": 32, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333], "flip_p": 0.5, "brightness": 0.4,
                 "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "jitter_p": 0.8, "grayscale_p": 0.2,
