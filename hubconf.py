@@ -1,8 +1,8 @@
 """torch.hub entry points for ssl-zoo, generated from the registry (zoo/registry.py, zoo/models.py).
 
-    torch.hub.load("<org>/ssl-zoo", "simclr_resnet18w16_fashion_mnist")          # from GitHub
-    torch.hub.load(".", "simclr_resnet18w16_fashion_mnist", source="local")        # from a clone
-    torch.hub.load(".", "preprocessor", "simclr_resnet18w16_fashion_mnist", source="local")
+    torch.hub.load("<org>/ssl-zoo", "simclr_resnet18w16_d1024_fashion_mnist")    # from GitHub
+    torch.hub.load(".", "simclr_resnet18w16_d1024_fashion_mnist", source="local")  # from a clone
+    torch.hub.load(".", "preprocessor", "simclr_resnet18w16_d1024_fashion_mnist", source="local")
 
 Each entry returns an encoder mapping images [B,C,H,W] to features [B,D], in eval mode, with
 ``.preprocess``, ``.pretrained_cfg`` and ``.weights_sha256`` attached.

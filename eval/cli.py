@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "simclr_resnet18w16_fashion_mnist"
+DEFAULT_MODEL = "simclr_resnet18w16_d1024_fashion_mnist"
 DEFAULT_DATASET = "fashion-mnist"
 
 

@@ -10,7 +10,7 @@ import hubconf
 from zoo.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = "simclr_resnet18w16_fashion_mnist"
+BUNDLED = "simclr_resnet18w16_d1024_fashion_mnist"
 
 
 def test_entry_points_are_the_registry():
@@ -19,11 +19,14 @@ def test_entry_points_are_the_registry():
     assert public == set(REGISTRY) | {"preprocessor"}
     assert hubconf.dependencies[:2] == ["torch", "torchvision"]
     doc = getattr(hubconf, BUNDLED).__doc__
-    assert "Method: simclr" in doc and "Feature dim: 128" in doc and "Headline:" in doc
+    assert "Method: simclr" in doc and f"Feature dim: {REGISTRY[BUNDLED].feature_dim}" in doc and "Headline:" in doc
+    assert REGISTRY[BUNDLED].feature_dim == 1024
 
 
 def test_unknown_entry_suggests_closest():
     with pytest.raises(RuntimeError, match=f"did you mean {BUNDLED}"):
+        torch.hub.load(str(ROOT), "simclr_resnet18w16_d1024_fashion_mnst", source="local")
+    with pytest.raises(RuntimeError, match="did you mean simclr_resnet18w16_fashion_mnist"):
         torch.hub.load(str(ROOT), "simclr_resnet18w16_fashion_mnst", source="local")
 
 
