@@ -28,7 +28,15 @@ setup(
         "numpy>=1.24",
         "pillow>=9.0",
         "scipy>=1.10",
+        "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # olah: a real HF-compatible hub served on loopback for tests/test_hf_loopback.py
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4"],
+        # benchmarks/: the alternatives they time (lightly's SimCLR pipeline, sklearn's LogisticRegression).
+        # lightly's own requirements (pytorch_lightning, hydra) are not needed by benchmarks/train_speed.py;
+        # to keep torch untouched: pip install --no-deps lightly lightning-utilities
+        "bench": ["lightly>=1.5", "lightning-utilities>=0.10", "scikit-learn>=1.3"],
+    },
     entry_points={"console_scripts": ["sslzoo=training.cli:main"]},
 )

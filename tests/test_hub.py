@@ -1,8 +1,11 @@
 import dataclasses
+import functools
+import http.server
+import threading
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from zoo import registry
 from zoo.backbones import build_resnet
@@ -13,6 +16,16 @@ from zoo.registry import ModelRecord, UnknownModel, WeightSource
 
 ARCH = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 1}
 PRE = {"resize": 12, "crop": 12, "mean": [0.5], "std": [0.5], "interpolation": "bilinear", "in_chans": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tests are small, and two threads contending with other work on a
+    2-core machine are slower than one by an order of magnitude (measured here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -79,9 +92,9 @@ def test_resolution_order_and_sha_pinning(folder, monkeypatch):
     assert p == path / "model.safetensors" and src.startswith("bundled")
     # a pinned sha that does not match is never loaded; the HF step (offline here) is tried and fails too
     bad = dataclasses.replace(good, weights=dataclasses.replace(good.weights, sha256="f" * 64))
-    with pytest.warns(UserWarning, match="trying the next source"):
-        with pytest.raises(WeightsError, match=r"bundled: .*refusing it \| hf: HF Hub org/tmp"):
-            resolve_weights(bad)
+    with pytest.warns(UserWarning, match="trying the next source"), \
+            pytest.raises(WeightsError, match=r"bundled: .*refusing it \| hf: HF Hub org/tmp"):
+        resolve_weights(bad)
 
 
 def test_preprocess_converts_channels_and_sizes():
@@ -93,3 +106,118 @@ def test_preprocess_converts_channels_and_sizes():
     assert gray3(torch.zeros(1, 12, 12, dtype=torch.uint8)).shape == (3, 12, 12)
     with pytest.raises(ValueError, match="channels"):
         pre(torch.zeros(2, 5, 12, 12, dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- upstream: download, convert, cache
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _serve(directory):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          functools.partial(_QuietHandler, directory=str(directory)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_upstream_url_is_downloaded_converted_and_cached(tmp_path):
+    from zoo.convert import download, download_path, zoo_home
+
+    # a small model in the DISSL release layout (expansion block saved as resizer.*), served on loopback HTTP
+    arch = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 1, "expand_dim": 64, "expand_mid": 8}
+    torch.manual_seed(0)
+    net = build_resnet(**arch)
+    (tmp_path / "srv").mkdir()
+    torch.save({("resizer." + k.removeprefix("avgpool.0.")) if k.startswith("avgpool.0.") else k: v
+                for k, v in net.state_dict().items()}, tmp_path / "srv" / "tiny.torch")
+    (tmp_path / "srv" / "login.html").write_text("<html>sign in</html>")
+    srv = _serve(tmp_path / "srv")
+    url = f"http://127.0.0.1:{srv.server_address[1]}/tiny.torch"
+    rec = ModelRecord(name="tiny_upstream", arch=arch, feature_dim=64, method="dissl", train_data="none",
+                      preprocess=Preprocess.from_dict(PRE),
+                      weights=WeightSource(upstream_url=url, upstream_format="dissl-torchhub"))
+    try:
+        with pytest.warns(UserWarning, match="unverified"):
+            path, src = resolve_weights(rec)
+        with pytest.raises(WeightsError, match="HTML page"):
+            download(url.replace("tiny.torch", "login.html"), tmp_path / "dl")
+        pinned_wrong = dataclasses.replace(rec, name="tiny_pinned", weights=dataclasses.replace(
+            rec.weights, upstream_sha256="0" * 64))
+        with pytest.warns(UserWarning), pytest.raises(WeightsError, match="does not match the pinned"):
+            resolve_weights(pinned_wrong)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert src.startswith("upstream: ") and path == zoo_home() / "upstream" / "tiny_upstream" / "model.safetensors"
+    got = load_file(str(path))
+    assert got.keys() == net.state_dict().keys() and all(torch.equal(got[k], v) for k, v in net.state_dict().items())
+    assert read_config(path.parent)["source"]["upstream_url"] == url
+    assert not download_path(url).exists()  # the raw pickle is deleted once converted
+    # the server is gone: the cached conversion is used
+    with pytest.warns(UserWarning, match="unverified"):
+        assert resolve_weights(rec)[0] == path
+    # a pinned sha256 that the converted file does not have is never loaded
+    pinned = dataclasses.replace(rec, weights=dataclasses.replace(rec.weights, sha256="f" * 64))
+    with pytest.warns(UserWarning), pytest.raises(WeightsError, match="refusing it"):
+        resolve_weights(pinned)
+    # a modified cached file is refused
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning), pytest.raises(WeightsError, match="modified or truncated"):
+        resolve_weights(rec)
+
+
+def test_explicit_folder_is_sha_checked_and_hf_only_when_registered(tmp_path):
+    from zoo.registry import REGISTRY
+
+    rec = REGISTRY["simclr_resnet18w16_fashion_mnist"]
+    save_folder(build_resnet(**rec.arch).state_dict(), {"name": "x", "arch": rec.arch, "feature_dim": 128,
+                                                        "preprocess": rec.preprocess.to_dict()}, tmp_path / "w")
+    model = create_model(rec.name, weights=tmp_path / "w")
+    assert model.weights_source.startswith("explicit") and model.weights_sha256 == read_config(tmp_path / "w")["sha256"]
+    data = bytearray((tmp_path / "w" / "model.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / "w" / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="modified or truncated"):
+        create_model(rec.name, weights=tmp_path / "w")
+    # an upstream pickle passed as weights= is not opened; the message says how to convert it
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "upstream.torch")
+    with pytest.raises(WeightsError, match=f"sslzoo convert {rec.name} --checkpoint"):
+        create_model(rec.name, weights=tmp_path / "upstream.torch")
+    # no mirror registered and no upstream: the HF Hub is not asked, the reason is still listed
+    bare = dataclasses.replace(rec, weights=WeightSource(sha256="0" * 64))
+    with pytest.raises(WeightsError, match="hf: no HF Hub mirror registered"):
+        resolve_weights(bare)
+
+
+def test_every_upstream_entry_is_listed_with_docs_and_weight_source(capsys):
+    import argparse
+    from pathlib import Path
+
+    from zoo.cli import run_list
+    from zoo.registry import REGISTRY
+
+    root = str(Path(__file__).resolve().parent.parent)
+    upstream = [n for n, r in REGISTRY.items() if r.weights.upstream_url]
+    assert len(upstream) == 11  # 7 DISSL + 3 DCL + the UvA tutorial SimCLR
+    # what torch.hub.list / torch.hub.help report (they only take GitHub repos; same rule on the local hubconf)
+    hub_module = torch.hub._import_module("hubconf", str(Path(root) / "hubconf.py"))
+    listed = [f for f in dir(hub_module) if callable(getattr(hub_module, f)) and not f.startswith("_")]
+    assert set(upstream) <= set(listed)
+    doc = hub_module.dissl_resnet50_d8192_e100_m6.__doc__
+    assert "Feature dim: 8192" in doc and "70.7% imagenet val [upstream claim]" in doc and "Weights: unverified" in doc
+    run_list(argparse.Namespace(format="table"))
+    lines = [[c.strip() for c in ln.split("|")[1:-1]] for ln in capsys.readouterr().out.splitlines()
+             if ln.startswith("| ")]
+    rows = {cells[0]: dict(zip(lines[0], cells)) for cells in lines[1:]}
+    for n in upstream:
+        r, row = REGISTRY[n], rows[n]
+        assert row["weights"] == f"upstream {r.weights.upstream_format} (unverified)" and row["dim"] == str(r.feature_dim)
+        assert row["headline"].startswith(f"{r.metrics[0].value:.1f}% ") and row["method"] == r.method
+        assert row["data"] == r.train_data.split(" (")[0]
+    for r in REGISTRY.values():  # a reproduction recipe named in a record exists
+        assert not r.recipe or (Path(root) / "training" / "recipes" / f"{r.recipe}.yaml").is_file(), r.name
+    assert rows["simclr_resnet18w16_fashion_mnist"]["weights"] == "bundled"

@@ -1,4 +1,5 @@
-"""``sslzoo train`` (also ``python -m training``)."""
+"""``sslzoo train`` and the ``sslzoo`` dispatcher (also ``python -m training``); ``convert`` / ``publish``
+live in zoo/convert.py and zoo/publish.py."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def main(argv=None) -> int:
     from eval.cli import add_parsers as add_eval
     from eval.datasets import DatasetError
     from zoo.cli import add_parsers as add_zoo
+    from zoo.convert import add_parser as add_convert
     from zoo.io import WeightsError
+    from zoo.publish import add_parser as add_publish
     from zoo.registry import UnknownModel
 
     from .config import ConfigError
@@ -40,6 +43,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sslzoo", description="self-supervised encoders: zoo, probes, training")
     sub = parser.add_subparsers(dest="command", required=True)
     add_zoo(sub)
+    add_convert(sub)
+    add_publish(sub)
     add_eval(sub)
     add_train_parser(sub)
     args = parser.parse_args(argv)

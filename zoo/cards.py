@@ -33,37 +33,77 @@ def _front_matter(r: ModelRecord) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n"
 
 
+def _recipe_cell(r: ModelRecord) -> str:
+    if not r.recipe:
+        return "upstream"
+    path = f"`training/recipes/{r.recipe}.yaml`"
+    return f"{path} (ssl-zoo's reproduction; the weights are upstream's)" if r.weights.upstream_url else path
+
+
 def render_card(r: ModelRecord) -> str:
     arch = ", ".join(f"{k}={v}" for k, v in r.arch.items())
     lines = [_front_matter(r), f"# {r.name}", "", r.description or "", "",
-             "<!-- generated from zoo/models.py by `python -m zoo cards`; do not edit by hand -->", "",
+             "<!-- generated from the registry (zoo/models.py, zoo/upstream.py) by `sslzoo cards`; do not edit by hand -->", "",
              "| field | value |", "|---|---|",
              f"| method | {r.method} |", f"| architecture | {arch} |", f"| feature dim | {r.feature_dim} |",
              f"| training data | {r.train_data} |",
-             f"| recipe | {'`training/recipes/' + r.recipe + '.yaml`' if r.recipe else 'upstream'} |",
+             f"| recipe | {_recipe_cell(r)} |",
              f"| preprocessing | {r.preprocess.describe()} |", f"| license | {r.license} |"]
     if r.paper:
         lines.append(f"| paper | {r.paper} |")
     w = r.weights
-    lines += [f"| weights sha256 | `{w.sha256}` |" if w.sha256 else "| weights sha256 | not pinned yet |"]
+    lines += [f"| weights sha256 | `{w.sha256}` |" if w.sha256 else
+              "| weights sha256 | **unverified**: not pinned yet (the upstream file has not been converted and "
+              "published by ssl-zoo); `pretrained=True` downloads and converts it and warns; pin it with "
+              f"`sslzoo convert {r.name} --checkpoint URL --out DIR` + `sslzoo publish DIR --repo-id ORG/NAME` |"]
     if w.bundled:
         lines.append(f"| bundled weights | `zoo/bundled/{w.bundled}/model.safetensors` |")
     if w.hf_repo:
         lines.append(f"| HF Hub mirror | `{w.hf_repo}` @ `{w.hf_revision}` |")
     if w.upstream_url:
-        lines.append(f"| upstream | {w.upstream_url} ({w.upstream_format}) |")
+        lines.append(f"| upstream | {w.upstream_url} (format `{w.upstream_format}`) |")
+        lines.append(f"| upstream file sha256 | `{w.upstream_sha256}` |" if w.upstream_sha256 else
+                     "| upstream file sha256 | not pinned |")
+    if w.upstream_note:
+        lines.append(f"| note | {w.upstream_note} |")
     lines += ["", "## Usage", "", "```python", "import torch",
               f'model = torch.hub.load("<org>/ssl-zoo", "{r.name}")  # or torch.hub.load(".", ..., source="local")',
-              "features = model(model.preprocess(images))  # uint8 [B,C,H,W] or PIL -> "
-              f"[B, {r.feature_dim}]", "```", "", "## Results", ""]
+              ("features = model(model.preprocess(images))  # uint8 [B,C,H,W] or PIL -> "
+               f"[B, {r.feature_dim}]"), "```", "", "## Results", ""]
     if r.metrics:
         lines += ["| dataset | split | protocol | accuracy (%) | source |", "|---|---|---|---:|---|"]
         lines += [f"| {m.dataset} | {m.split} | {m.protocol} | {m.value:.2f} | {m.source} |" for m in r.metrics]
     else:
         lines.append("No result recorded yet.")
-    lines += ["", "Protocols: linear = multinomial logistic regression on frozen features, L2 chosen on a 10% "
-              "validation split carved from train, refit on all train; knn = cosine similarity, votes weighted by "
-              "exp(s/T); few-shot = k labelled images per class, mean ± std over seeds. Never selected on test.", ""]
+    if any(not m.is_claim for m in r.metrics) or not r.metrics:
+        lines += ["", ("Protocols of the numbers measured here: linear = multinomial logistic regression on frozen "
+                       "features, L2 chosen on a 10% validation split carved from train, refit on all train; knn = "
+                       "cosine similarity, votes weighted by exp(s/T); few-shot = k labelled images per class, mean "
+                       "± std over seeds. Never selected on test.")]
+    if any(m.is_claim for m in r.metrics):
+        lines += ["", ("Rows whose source says *upstream claim* are numbers the upstream authors report; ssl-zoo "
+                       "has not reproduced them. Each row names the upstream protocol, which may select "
+                       "hyper-parameters or checkpoints on the test set; compare them with ssl-zoo's protocols only "
+                       "with that in mind.")]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_config_card(cfg: dict) -> str:
+    """A card for a zoo folder whose name is not in the registry, from its ``config.json``."""
+    meta = {"library_name": "ssl-zoo", "pipeline_tag": "image-feature-extraction",
+            "license": str(cfg.get("license") or "unknown").lower(),
+            "tags": ["self-supervised-learning", *([cfg["method"]] if cfg.get("method") else []), cfg["arch"]["arch"]]}
+    pre = cfg["preprocess"]
+    arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
+    lines = ["---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n", f"# {cfg['name']}", "",
+             cfg.get("description") or "", "", "| field | value |", "|---|---|",
+             f"| method | {cfg.get('method') or 'unknown'} |", f"| architecture | {arch} |",
+             f"| feature dim | {cfg['feature_dim']} |",
+             (f"| preprocessing | resize {pre['resize']} -> center crop {pre['crop']}, mean {pre['mean']}, "
+              f"std {pre['std']} |"), "", "## Usage", "", "```python", "from zoo.hub import create_model",
+             "model = create_model(\"path/to/this/folder\")", "```", "", "## Results", "",
+             "No result recorded in this folder.", ""]
     return "\n".join(lines)
 
 

@@ -30,10 +30,19 @@ def run_cards(args) -> int:
     return 0
 
 
+def weights_from(r) -> str:
+    """Where ``pretrained=True`` looks first, and whether the file is pinned by sha256."""
+    w = r.weights
+    where = ["bundled" if w.bundled else None, f"hf:{w.hf_repo}" if w.hf_repo else None,
+             f"upstream {w.upstream_format}" if w.upstream_url else None]
+    return " > ".join(x for x in where if x) + ("" if w.verified else " (unverified)")
+
+
 def run_list(args) -> int:
     rows = [{"name": r.name, "method": r.method, "arch": r.arch["arch"] + (f" w{r.arch['width']}" if r.arch.get(
         "width", 64) != 64 else ""), "dim": r.feature_dim, "data": r.train_data.split(" (")[0],
-             "headline": r.headline().split(" (")[0]} for r in sorted(REGISTRY.values(), key=lambda r: r.name)]
+             "headline": r.headline().split(" (")[0], "weights": weights_from(r)}
+            for r in sorted(REGISTRY.values(), key=lambda r: r.name)]
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in sorted(REGISTRY.values(), key=lambda r: r.name)], indent=1))
     else:
@@ -55,7 +64,11 @@ def run_info(args) -> int:
         print(f"  1. bundled: {BUNDLED_DIR / w.bundled / 'model.safetensors'}")
     print(f"  2. HF Hub: {w.hf_repo}@{w.hf_revision}" if w.hf_repo else "  2. HF Hub: no mirror registered")
     print(f"  3. upstream: {w.upstream_url} ({w.upstream_format})" if w.upstream_url else "  3. upstream: none")
-    print(f"  sha256 pinned: {w.sha256}")
+    print(f"  sha256 pinned: {w.sha256}" if w.verified else
+          "  sha256 pinned: none (unverified: pretrained=True converts the upstream file and warns; pin it with "
+          f"`sslzoo convert {r.name} --checkpoint URL --out DIR` + `sslzoo publish DIR --repo-id ORG/NAME`)")
+    if w.upstream_note:
+        print(f"  note: {w.upstream_note}")
     print(f"\nmodel card: {card_path(r.name)}")
     return 0
 

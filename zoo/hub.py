@@ -2,13 +2,17 @@
 
 ``create_model(name_or_folder, pretrained=True, weights=None)`` returns the encoder with
 ``.preprocess`` (a :class:`zoo.preprocess.Preprocess`), ``.pretrained_cfg`` (the record or folder
-config) and ``.weights_sha256`` attached. Weights resolve, in order:
+config), ``.weights_sha256`` and ``.weights_source`` attached. Weights resolve, in order:
 
-1. ``weights=``: an explicit ``model.safetensors`` file or a zoo folder;
+1. ``weights=``: an explicit ``model.safetensors`` file or a zoo folder (a folder's ``config.json``
+   sha256 is checked);
 2. the copy bundled inside the package (``zoo/bundled/NAME``), sha256-checked;
-3. the HF Hub mirror via ``huggingface_hub.hf_hub_download`` (repo id, filename, pinned revision;
-   honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HOME``), sha256 checked after download;
-4. the upstream checkpoint, converted (converters arrive with the research models).
+3. the HF Hub mirror (only when the record has one) via ``huggingface_hub.hf_hub_download`` (repo id,
+   filename, pinned revision; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HOME``), sha256 checked
+   after download;
+4. the upstream checkpoint: downloaded once, converted by :mod:`zoo.convert` into
+   ``$SSLZOO_HOME/upstream/NAME`` and loaded from there afterwards. When the record pins no sha256 the
+   weights are loaded with a warning that they are unverified.
 
 Each step that fails says why in one line (a ``UserWarning``) and the next is tried; when all fail,
 :class:`WeightsError` lists every reason. A sha256 mismatch is never loaded.
@@ -47,20 +51,63 @@ def _from_hf(record: ModelRecord) -> Path:
     return Path(path)
 
 
+def _from_upstream(record: ModelRecord) -> Path:
+    """The upstream checkpoint converted into ``$SSLZOO_HOME/upstream/NAME`` (downloaded and converted on
+    first use; the raw download is deleted afterwards). A cached conversion whose file no longer matches its
+    ``config.json`` sha256 is refused."""
+    from .convert import convert, download_path, is_url, zoo_home
+
+    w = record.weights
+    folder = zoo_home() / "upstream" / record.name
+    if is_zoo_folder(folder):
+        cfg = read_config(folder)
+        if cfg.get("source", {}).get("upstream_url") == w.upstream_url:
+            if sha256_file(folder / WEIGHTS_NAME) != cfg.get("sha256"):
+                raise WeightsError(f"cached conversion {folder} was modified or truncated (sha256 differs from its "
+                                   f"config.json); delete the folder to convert again")
+            return folder / WEIGHTS_NAME
+    try:
+        convert(record.name, w.upstream_url, folder, expected_sha256=w.upstream_sha256, quiet=True, record=record)
+    except WeightsError as e:
+        note = f"; {w.upstream_note}" if w.upstream_note else ""
+        raise WeightsError(f"{e}{note}; with the file at hand: sslzoo convert {record.name} --checkpoint FILE "
+                           f"--out DIR, then weights=DIR") from None
+    if is_url(w.upstream_url):
+        download_path(w.upstream_url).unlink(missing_ok=True)  # converted and hashed: the pickle is not needed
+    return folder / WEIGHTS_NAME
+
+
 def resolve_weights(record: ModelRecord, weights: str | Path | None = None) -> tuple[Path, str]:
     """Return ``(path to model.safetensors, where it came from)`` for ``record``."""
     if weights is not None:
         p = Path(weights)
-        p = p / WEIGHTS_NAME if p.is_dir() else p
+        if p.is_dir():
+            if not is_zoo_folder(p):
+                raise WeightsError(f"weights folder {weights} is not a zoo folder ({WEIGHTS_NAME} + {CONFIG_NAME})")
+            pinned = read_config(p).get("sha256")
+            p = p / WEIGHTS_NAME
+            if pinned and sha256_file(p) != pinned:
+                raise WeightsError(f"{p} does not match the sha256 in its {CONFIG_NAME}; the file was modified or "
+                                   f"truncated")
         if not p.is_file():
             raise WeightsError(f"weights {weights} not found (give a model.safetensors file or a zoo folder)")
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch.save zip or pickle, not safetensors
+            raise WeightsError(f"{p} is a PyTorch checkpoint, not safetensors; convert it first: sslzoo convert "
+                               f"{record.name} --checkpoint {p} --out DIR, then weights=DIR")
         return p, f"explicit file {p}"
     reasons = []
     w = record.weights
     candidates = []
     if w.bundled:
         candidates.append(("bundled", lambda: BUNDLED_DIR / w.bundled / WEIGHTS_NAME))
-    candidates.append(("hf", lambda: _from_hf(record)))
+    if w.hf_repo:
+        candidates.append(("hf", lambda: _from_hf(record)))
+    else:
+        reasons.append("hf: no HF Hub mirror registered")
+    if w.upstream_url:
+        candidates.append(("upstream", lambda: _from_upstream(record)))
     for label, get in candidates:
         try:
             p = get()
@@ -70,19 +117,69 @@ def resolve_weights(record: ModelRecord, weights: str | Path | None = None) -> t
                 got = sha256_file(p)
                 if got != w.sha256:
                     raise WeightsError(f"{p} has sha256 {got[:12]}…, the registry pins {w.sha256[:12]}…; refusing it")
+            elif label == "hf":
+                raise WeightsError(f"the registry pins no sha256 for the mirror {w.hf_repo}; refusing unverified "
+                                   f"mirror weights")
+            else:
+                warnings.warn(f"{record.name}: weights converted from {w.upstream_url} are unverified (the registry "
+                              f"pins no sha256); sha256 of the converted file: {sha256_file(p)}", stacklevel=3)
             return p, f"{label}: {p}"
         except WeightsError as e:
             reasons.append(f"{label}: {e}")
             warnings.warn(f"{record.name}: {label} weights unavailable ({e}); trying the next source", stacklevel=3)
-    if w.upstream_url:
-        reasons.append(f"upstream: converting {w.upstream_url} ({w.upstream_format}) is not available yet")
     raise WeightsError(f"no usable weights for {record.name}: " + " | ".join(reasons))
 
 
-def _finish(model: torch.nn.Module, preprocess: Preprocess, cfg, sha: str | None) -> torch.nn.Module:
+class InputError(ValueError):
+    """Images the encoder cannot take (wrong rank, channel count, too small); one line saying what to do."""
+
+
+def total_stride(model: torch.nn.Module) -> int | None:
+    """How much a zoo ResNet downsamples (stem conv x max-pool x stages), or None for other modules."""
+    try:
+        s = model.conv1.stride[0] * (2 if isinstance(model.maxpool, torch.nn.MaxPool2d) else 1)
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+            s *= int(getattr(layer[0], "stride", 1))
+        return int(s)
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+class InputCheck:
+    """Forward pre-hook of every zoo encoder: refuses, in one line, inputs that would fail deep inside
+    the network (wrong rank or channel count) or silently give degenerate features (an image so small
+    that the last stage sees a single pixel: ``min(H, W) <= total stride / 2``)."""
+
+    def __init__(self, name: str, in_chans: int, stride: int | None, crop: int | None = None):
+        self.name, self.in_chans, self.stride, self.crop = name, int(in_chans), stride, crop
+
+    def __call__(self, module, args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            return None
+        c = self.in_chans
+        if x.ndim != 4:
+            raise InputError(f"{self.name} takes a batch of images [B, {c}, H, W], got a tensor of shape "
+                             f"{tuple(x.shape)}" + ("; add a batch dimension with x[None]" if x.ndim == 3 else ""))
+        if x.shape[1] != c:
+            raise InputError(f"{self.name} takes {c}-channel images, got {x.shape[1]} channels (shape "
+                             f"{tuple(x.shape)}); model.preprocess converts grayscale / RGB / RGBA images")
+        if self.stride and min(x.shape[-2:]) <= self.stride // 2:
+            hint = f"; model.preprocess resizes to {self.crop}x{self.crop}" if self.crop else ""
+            raise InputError(f"{self.name}: {x.shape[-2]}x{x.shape[-1]} images are too small; the encoder "
+                             f"downsamples {self.stride}x, so it needs more than {self.stride // 2} pixels per "
+                             f"side{hint}")
+        return None
+
+
+def _finish(model: torch.nn.Module, preprocess: Preprocess, cfg, sha: str | None,
+            source: str | None = None) -> torch.nn.Module:
     model.preprocess = preprocess
     model.pretrained_cfg = cfg
     model.weights_sha256 = sha
+    model.weights_source = source
+    name = getattr(cfg, "name", None) or (cfg.get("name") if isinstance(cfg, dict) else None) or "the encoder"
+    model.register_forward_pre_hook(InputCheck(name, preprocess.in_chans, total_stride(model), preprocess.crop))
     model.eval()
     return model
 
@@ -111,17 +208,19 @@ def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: s
                 raise WeightsError(f"{path} has sha256 {sha[:12]}…, but {CONFIG_NAME} records "
                                    f"{cfg['sha256'][:12]}…; the file was modified or truncated")
             load_strict(model, load_safetensors(path), source=str(path))
-        return _finish(model, pre, cfg, sha)
+        return _finish(model, pre, cfg, sha, f"folder {folder}" if pretrained else None)
     record = get_record(str(name_or_folder))
     arch = dict(record.arch)
     arch.update(arch_overrides)
     model = build_resnet(**arch)
-    sha = None
+    sha = src = None
     if pretrained:
-        path, _ = resolve_weights(record, weights)
+        path, src = resolve_weights(record, weights)
         sha = sha256_file(path)
+        if record.weights.sha256 and weights is None and sha != record.weights.sha256:  # changed since resolved
+            raise WeightsError(f"{path} changed after its sha256 was checked; refusing it")
         load_strict(model, load_safetensors(path), source=f"{record.name} weights {path}")
-    return _finish(model, record.preprocess, record, sha)
+    return _finish(model, record.preprocess, record, sha, src)
 
 
 def get_preprocessor(name_or_folder: str | Path) -> Preprocess:

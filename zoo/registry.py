@@ -30,6 +30,11 @@ class Metric:
     source: str  # "measured: <command>" or the upstream paper/README
     split: str = "test"
 
+    @property
+    def is_claim(self) -> bool:
+        """A number the upstream authors report, not one measured here."""
+        return self.source.startswith("upstream claim")
+
 
 @dataclass(frozen=True)
 class WeightSource:
@@ -41,7 +46,15 @@ class WeightSource:
     hf_filename: str = "model.safetensors"
     hf_revision: str | None = None  # a full commit sha: pinned
     upstream_url: str | None = None
-    upstream_format: str | None = None  # converter name (issue 4)
+    upstream_format: str | None = None  # converter name in zoo.convert.FORMATS
+    upstream_sha256: str | None = None  # of the upstream checkpoint file, when someone has pinned it
+    upstream_note: str | None = None  # e.g. "Google Drive: may need a manual download"
+
+    @property
+    def verified(self) -> bool:
+        """True when the weights file is pinned by sha256; False for an upstream checkpoint nobody has
+        converted and pinned yet (``pretrained=True`` then converts it and warns that it is unverified)."""
+        return self.sha256 is not None
 
 
 @dataclass(frozen=True)
@@ -64,12 +77,16 @@ class ModelRecord:
         if not self.metrics:
             return "no result recorded yet"
         m = self.metrics[0]
-        return f"{m.value:.1f}% {m.dataset} {m.split} ({m.protocol}; {m.source})"
+        claim = " [upstream claim]" if m.is_claim else ""
+        return f"{m.value:.1f}% {m.dataset} {m.split}{claim} ({m.protocol}; {m.source})"
 
     def docstring(self) -> str:
+        weights = ("sha256-pinned" if self.weights.verified else
+                   "unverified (no sha256 pinned): the upstream checkpoint is downloaded and converted on first use")
         return (f"{self.description or self.name}\n\n"
                 f"Method: {self.method}. Training data: {self.train_data}. Feature dim: {self.feature_dim}.\n"
                 f"Headline: {self.headline()}.\n"
+                f"Weights: {weights}.\n"
                 f"Preprocessing: {self.preprocess.describe()}.\n\n"
                 f"Args:\n    pretrained (bool): load the weights (default True).\n"
                 f"    weights (str, optional): a model.safetensors file or zoo folder to load instead.\n"
@@ -114,4 +131,5 @@ def _bundled_config(folder: str) -> dict:
 
 # ----------------------------------------------------------------------------- records
 
-from . import models  # noqa: E402,F401  (registers the records)
+# registering modules: models (trained here), upstream (research models converted from upstream checkpoints)
+from . import models, upstream  # noqa: F401
