@@ -3,32 +3,63 @@
 ``load_recipe(path_or_name, overrides)`` reads a recipe (a path, or a name in
 ``training/recipes/``), applies ``--set section.key=value`` overrides (values parsed as YAML), and
 rejects unknown keys with the closest valid name, so a typo never silently trains the wrong thing.
+
+The ``method`` section is validated against the chosen method: its fields are the keyword
+arguments of the method's class (``training.methods.METHODS[name]``) with their defaults.
+A recipe may start from another one with ``base: <recipe name or path>``: the base is read first
+and the recipe's sections are merged over it (a recipe that changes ``method.name`` replaces the
+base's whole ``method`` section).
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 from pathlib import Path
 
 import yaml
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
+
+def method_defaults(name: str) -> dict:
+    """The recipe fields of method ``name``: its class's keyword arguments and their defaults."""
+    from .methods import METHODS
+
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}{_closest_name(name, METHODS)}")
+    sig = inspect.signature(METHODS[name].__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.kind == p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
 DEFAULTS: dict = {
     "name": "run",
-    "method": {"name": "simclr", "temperature": 0.5, "proj_hidden_dim": 512, "proj_dim": 128},
+    "method": {"name": "simclr", "temperature": 0.5, "proj_hidden_dim": 512, "proj_dim": 128, "proj_bn": True},
     "model": {"arch": "resnet18", "stem": "imagenet", "stem_padding": 1, "maxpool": True, "width": 64,
               "in_chans": 3, "expand_dim": None, "expand_mid": 512},
-    "data": {"dataset": "fashion-mnist", "root": None, "download": False, "split": "train"},
+    # extra: an additional train set appended to the data (e.g. AdaInf's generated images, labels -1);
+    # repeat: copies of the real data (AdaInf's "dup").
+    "data": {"dataset": "fashion-mnist", "root": None, "download": False, "split": "train", "extra": None,
+             "repeat": 1},
+    # ViewAugment fields (training/augment.py; version 2 = torchvision semantics), then the trainer's own:
+    # small_*: multi-crop (2 large crops of ``size`` + ``small_crops`` crops of ``small_size`` with scale
+    # ``small_scale``); view2: fields of the second large view that differ (asymmetric augmentation).
     "augment": {"size": 32, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333], "flip_p": 0.5, "brightness": 0.4,
                 "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "jitter_p": 0.8, "grayscale_p": 0.2,
-                "blur_p": 0.0, "blur_kernel": 3, "blur_sigma": [0.1, 2.0], "mean": [0.5], "std": [0.5]},
+                "blur_p": 0.0, "blur_kernel": 3, "blur_sigma": [0.1, 2.0], "mean": [0.5], "std": [0.5],
+                "interpolation": "bilinear", "antialias": True, "solarize_p": 0.0, "solarize_threshold": 0.5,
+                "version": 1,
+                "small_crops": 0, "small_size": None, "small_scale": [0.05, 0.4], "view2": None},
+    # name: sgd | adam | adamw | lars; schedule: warmup_cosine | constant; warmup_steps overrides
+    # warmup_epochs; weight_decay_end: cosine weight-decay schedule (DINO); grad_clip_*: None = off.
     "optim": {"name": "sgd", "lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
               "betas": [0.9, 0.999], "batch_size": 256, "epochs": 100, "warmup_epochs": 5,
-              "min_lr_ratio": 0.0},
+              "min_lr_ratio": 0.0, "schedule": "warmup_cosine", "warmup_steps": None, "weight_decay_end": None,
+              "lars_eta": 0.001, "lars_clip": False, "grad_clip_norm": None, "grad_clip_value": None},
     "train": {"seed": 0, "bf16": True, "channels_last": True, "threads": 0, "checkpoint_minutes": 3.0,
               "log_every": 20, "monitor_every_epochs": 5, "monitor_size": 10000, "monitor_val_size": 5000,
-              "max_steps": None, "stop_at_step": None},
+              "max_steps": None, "stop_at_step": None, "tensorboard": True},
     "export": {"preprocess": {"resize": None, "crop": None, "mean": None, "std": None, "interpolation": "bilinear"},
                "description": ""},
 }
@@ -38,9 +69,29 @@ class ConfigError(ValueError):
     """A recipe or override that cannot be used; one line saying what to change."""
 
 
+def _closest_name(name, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(options)}"
+
+
 def _closest(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _merge_method(base: dict, new) -> dict:
+    """Merge a ``method`` section; its valid fields are those of the (possibly new) method."""
+    if not isinstance(new, dict):
+        raise ConfigError("config key 'method' is a section; set its fields, e.g. method.<key>=...")
+    name = new.get("name", base["name"])
+    if not isinstance(name, str):
+        raise ConfigError(f"config key 'method.name' must be a string, got {name!r}")
+    defaults = {"name": name, **method_defaults(name)}
+    if name == base["name"]:
+        start = {**defaults, **base}
+    else:  # a new method keeps the old values of the fields they share (e.g. temperature)
+        start = {**defaults, **{k: v for k, v in base.items() if k in defaults and k != "name"}}
+    return _merge(start, new, "method.")
 
 
 def _merge(base: dict, new: dict, where: str = "") -> dict:
@@ -49,7 +100,9 @@ def _merge(base: dict, new: dict, where: str = "") -> dict:
         path = f"{where}{k}"
         if k not in base:
             raise ConfigError(f"unknown config key {path!r}{_closest(k, base)}")
-        if isinstance(base[k], dict):
+        if path == "method":
+            out[k] = _merge_method(base[k], v)
+        elif isinstance(base[k], dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"config key {path!r} is a section; set its fields, e.g. {path}.<key>=...")
             out[k] = _merge(base[k], v, path + ".")
@@ -111,17 +164,55 @@ def resolve_recipe_path(recipe: str) -> Path:
     raise ConfigError(f"recipe {recipe!r} not found (a YAML path or a name in training/recipes/){hint}")
 
 
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (method, model, data, ...)")
+    return raw
+
+
+def _merge_raw(base: dict, new: dict) -> dict:
+    """Deep-merge two unvalidated recipes (``new`` wins); a new method name replaces ``method``."""
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        if (k == "method" and isinstance(v, dict) and isinstance(out.get(k), dict)
+                and "name" in v and v["name"] != out[k].get("name", DEFAULTS["method"]["name"])):
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge_raw(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve_bases(raw: dict, here: Path | None, seen: tuple = ()) -> dict:
+    """Follow ``base:`` links (a recipe name, or a path relative to the recipe that names it)."""
+    if "base" not in raw:
+        return raw
+    raw = dict(raw)
+    ref = raw.pop("base")
+    if not isinstance(ref, str):
+        raise ConfigError(f"'base' must be a recipe name or path, got {ref!r}")
+    cand = (here / ref) if here is not None else None
+    if cand is not None and not cand.is_file() and cand.with_suffix(".yaml").is_file():
+        cand = cand.with_suffix(".yaml")
+    path = cand if cand is not None and cand.is_file() else resolve_recipe_path(ref)
+    key = str(path.resolve())
+    if key in seen:
+        raise ConfigError(f"recipe 'base' links form a cycle through {path}")
+    base = _resolve_bases(_read_yaml(path), path.parent, seen + (key,))
+    return _merge_raw(base, raw)
+
+
 def load_recipe(recipe: str | dict, overrides: list[str] | None = None) -> dict:
     if isinstance(recipe, dict):
-        raw = recipe
+        raw = _resolve_bases(recipe, None)
     else:
         path = resolve_recipe_path(recipe)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (method, model, data, ...)")
+        raw = _resolve_bases(_read_yaml(path), path.parent, (str(path.resolve()),))
     cfg = _merge(DEFAULTS, raw)
     for item in overrides or []:
         cfg = _merge(cfg, parse_override(item))

@@ -7,12 +7,19 @@ minutes and at each epoch end with model, optimiser, step, and every RNG state, 
 continues where the run stopped. Progress: tqdm; logs: ``log.csv`` (step, epoch, loss, lr,
 images/s) and ``monitor.csv`` (online kNN accuracy on a split held out from *train*, never test).
 At the end the backbone is exported as a zoo folder (``export/model.safetensors`` + ``config.json``).
+
+Methods (:mod:`training.methods`) see a list of views: ``model.n_views`` large crops (the second
+one with ``augment.view2`` overrides when set) then ``augment.small_crops`` small crops for
+multi-crop methods. Optional hooks ``model.on_step_start(step, total, steps_per_epoch)`` and
+``model.on_train_step(step, total)`` (after the optimiser step) drive schedules, EMA targets and
+queues; their state is part of ``model.state_dict()`` and therefore of every checkpoint.
+Optimisers (SGD, Adam, AdamW, LARS) and schedules live in :mod:`training.optim`; gradient clipping
+by norm or value; TensorBoard scalars under ``OUT/tensorboard`` when ``tensorboard`` is installed.
 """
 from __future__ import annotations
 
 import csv
 import io
-import math
 import random
 import time
 from pathlib import Path
@@ -29,19 +36,16 @@ from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 from .augment import ViewAugment
 from .config import ConfigError
 from .methods import METHODS
+from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
+
+__all__ = ["Trainer", "TrainingError", "build_model", "build_optimizer", "build_view_augments", "warmup_cosine"]
+
+# augment.* fields the trainer reads itself; every other field is a ViewAugment argument
+_VIEW_KEYS = ("small_crops", "small_size", "small_scale", "view2")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); one line with the step and a hint."""
-
-
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier: linear warmup from ~0 to 1 over ``warmup`` steps, then cosine to
-    ``min_ratio``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def build_model(cfg: dict) -> torch.nn.Module:
@@ -50,21 +54,55 @@ def build_model(cfg: dict) -> torch.nn.Module:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     backbone = build_resnet(**cfg["model"])
-    return METHODS[name](backbone, **m)
+    try:
+        return METHODS[name](backbone, **m)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"method {name}: {e}") from None
 
 
-def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = cfg["optim"]
-    # no weight decay on BN parameters and biases (standard for SSL recipes)
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    if o["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
-    if o["name"] == "adamw":
-        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
-    raise ConfigError(f"unknown optimizer {o['name']!r}; use sgd or adamw")
+def _view_augment(fields: dict, where: str) -> ViewAugment:
+    try:
+        return ViewAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def build_view_augments(cfg: dict, n_views: int = 2, multicrop: bool = False) -> tuple[list, ViewAugment | None, int]:
+    """``(large, small, n_small)``: one ViewAugment per large view (the second with
+    ``augment.view2`` applied), the small-crop ViewAugment (or None) and how many small crops."""
+    a = cfg["augment"]
+    base = {k: v for k, v in a.items() if k not in _VIEW_KEYS}
+    first = _view_augment(base, "augment")
+    large = [first] * n_views
+    if a["view2"] is not None:
+        if not isinstance(a["view2"], dict):
+            raise ConfigError(f"augment.view2 must be a mapping of augment fields, got {a['view2']!r}")
+        bad = [k for k in a["view2"] if k not in base]
+        if bad:
+            raise ConfigError(f"unknown augment.view2 field {bad[0]!r}; valid: {', '.join(sorted(base))}")
+        if n_views < 2:
+            raise ConfigError("augment.view2 needs a method with 2 views")
+        large = [first, _view_augment({**base, **a["view2"]}, "augment.view2")] + [first] * (n_views - 2)
+    n_small = int(a["small_crops"] or 0)
+    small = None
+    if n_small < 0:
+        raise ConfigError(f"augment.small_crops must be >= 0, got {n_small}")
+    if n_small:
+        if not multicrop:
+            raise ConfigError(f"method {cfg['method']['name']} takes no small crops; set augment.small_crops=0 "
+                              f"(multi-crop methods: dino, dissl)")
+        if not a["small_size"]:
+            raise ConfigError("augment.small_crops > 0 needs augment.small_size (e.g. 96)")
+        small = _view_augment({**base, "size": a["small_size"], "scale": a["small_scale"]}, "augment (small crops)")
+    return large, small, n_small
+
+
+def _tensorboard_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: CSV logs are always written
+        return None
+    return SummaryWriter(str(path))
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -103,19 +141,35 @@ class Trainer:
         if t["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = build_optimizer(cfg, self.model)
-        self.aug = ViewAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["augment"].items()})
+        self.view_augs, self.small_aug, self.n_small = build_view_augments(
+            cfg, self.model.n_views, getattr(self.model, "multicrop", False))
+        self.aug = self.view_augs[0]
         self.gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.step = 0
+        self.steps_per_epoch = 1
+        self.tb = None
 
     # ------------------------------------------------------------------ data
     def _load_data(self):
         d = self.cfg["data"]
         split = load_split(d["dataset"], d["split"], root=d["root"], download=d["download"])
-        x = split.as_tensor()
+        x, y = _split_tensor(split, d["dataset"]), torch.as_tensor(split.targets)
         if x.shape[1] != self.cfg["model"]["in_chans"]:
             raise ConfigError(f"{d['dataset']} has {x.shape[1]} channels but model.in_chans="
                               f"{self.cfg['model']['in_chans']}; set model.in_chans={x.shape[1]}")
-        return x, torch.as_tensor(split.targets)
+        rep = int(d["repeat"])
+        if rep < 1:
+            raise ConfigError(f"data.repeat must be >= 1, got {rep}")
+        if rep > 1:
+            x, y = x.repeat(rep, 1, 1, 1), y.repeat(rep)
+        if d["extra"]:
+            extra = load_split(d["extra"], "train", root=d["root"], download=d["download"])
+            xe = _split_tensor(extra, d["extra"])
+            if xe.shape[1:] != x.shape[1:]:
+                raise ConfigError(f"data.extra {d['extra']} has images {tuple(xe.shape[1:])}, the data "
+                                  f"{tuple(x.shape[1:])}; they must match")
+            x, y = torch.cat([x, xe]), torch.cat([y, torch.as_tensor(extra.targets).to(y.dtype)])
+        return x, y
 
     # ------------------------------------------------------------------ monitor
     @torch.no_grad()
@@ -125,17 +179,20 @@ class Trainer:
         from eval.probes import knn_probe
 
         t = self.cfg["train"]
-        nval = min(t["monitor_val_size"], len(x) // 5)
-        nmem = min(t["monitor_size"], len(x) - nval)
-        mem_idx = torch.arange(nmem)
-        val_idx = torch.arange(len(x) - nval, len(x))
+        labelled = torch.nonzero(y >= 0).flatten()  # unlabelled / generated images (label -1) never vote
+        if len(labelled) < 2:
+            return float("nan")
+        nval = min(t["monitor_val_size"], len(labelled) // 5)
+        nmem = min(t["monitor_size"], len(labelled) - nval)
+        mem_idx = labelled[:nmem]
+        val_idx = labelled[len(labelled) - nval:]
         feats = self.embed(x[torch.cat([mem_idx, val_idx])])
         r = knn_probe(feats[:nmem], y[mem_idx], feats[nmem:], y[val_idx], k=20, temperature=0.07)
         return r["accuracy"]
 
     @torch.no_grad()
     def embed(self, x, bs=1024):
-        backbone = self.model.backbone
+        backbone = self._eval_backbone()
         was = backbone.training
         backbone.eval()
         a = self.aug
@@ -152,25 +209,38 @@ class Trainer:
         backbone.train(was)
         return torch.cat(out)
 
+    def _eval_backbone(self) -> torch.nn.Module:
+        fn = getattr(self.model, "export_backbone", None)
+        return fn() if fn is not None else self.model.backbone
+
     # ------------------------------------------------------------------ checkpoint
     def state(self, epoch: int, batch_in_epoch: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _rng_state(self.gen), "config": self.cfg}
 
     def resume(self, path: Path) -> tuple[int, int]:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(ck["model"], strict=True)
-        self.opt.load_state_dict(ck["optimizer"])
-        self.step = ck["step"]
-        _set_rng_state(ck["rng"], self.gen)
-        return ck["epoch"], ck["batch_in_epoch"]
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- truncated / corrupt / not a checkpoint: one line naming the file
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            raise TrainingError(f"cannot read checkpoint {path} ({type(e).__name__}: {msg}); delete it to start "
+                                f"over, or restore a good copy") from None
+        try:
+            self.model.load_state_dict(ck["model"], strict=True)
+            self.opt.load_state_dict(ck["optimizer"])
+            self.step = ck["step"]
+            _set_rng_state(ck["rng"], self.gen)
+            return ck["epoch"], ck["batch_in_epoch"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            raise TrainingError(f"checkpoint {path} does not match this recipe's model or optimiser "
+                                f"({type(e).__name__}: {msg}); resume with the recipe it was written with") from None
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> Path:
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
-        x, y = self._load_data()  # bad data fails before anything is written
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        # bad data, sizes, schedules and checkpoints fail before anything is written
+        x, y = self._load_data()
         n = len(x)
         bs = o["batch_size"]
         steps_per_epoch = n // bs
@@ -179,7 +249,9 @@ class Trainer:
         total = steps_per_epoch * o["epochs"]
         if t["max_steps"]:
             total = min(total, int(t["max_steps"]))
-        warmup = steps_per_epoch * o["warmup_epochs"]
+        warmup = steps_per_epoch * o["warmup_epochs"] if o["warmup_steps"] is None else int(o["warmup_steps"])
+        lr_multiplier(o["schedule"], 0, total, warmup)
+        self.steps_per_epoch = steps_per_epoch
         ckpt = self.out / "checkpoint.pt"
         start_epoch, start_batch = 0, 0
         if resume and ckpt.is_file():
@@ -187,6 +259,8 @@ class Trainer:
             tqdm.write(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
         elif resume:
             tqdm.write(f"no checkpoint in {self.out}; starting from scratch")
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or not resume
         logf = open(log_path, "w" if new_log else "a", newline="")
@@ -196,6 +270,7 @@ class Trainer:
         mon_path = self.out / "monitor.csv"
         if not mon_path.exists() or not resume:
             atomic_write_text(mon_path, "epoch,step,knn20_heldout_train\n")
+        self.tb = _tensorboard_writer(self.out / "tensorboard") if t["tensorboard"] else None
         last_ckpt = time.time()
         t0 = time.time()
         stop = min(total, int(t["stop_at_step"])) if t["stop_at_step"] else total
@@ -222,24 +297,41 @@ class Trainer:
                     acc = self.monitor(x, y)
                     with open(mon_path, "a") as f:
                         f.write(f"{epoch},{self.step},{acc:.4f}\n")
+                    if self.tb is not None:
+                        self.tb.add_scalar("monitor/knn20_heldout_train", acc, self.step)
                     tqdm.write(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
         finally:
             pbar.close()
             logf.close()
+            if self.tb is not None:
+                self.tb.close()
         save_checkpoint(ckpt, self.state(epoch, batch))
         if self.step < total:
             tqdm.write(f"stopped at step {self.step} of {total}; continue with --resume")
             return ckpt
         return self.export()
 
+    def views(self, xb: torch.Tensor) -> list[torch.Tensor]:
+        """The large views (one per ``model.n_views``) then the small crops, augmented on the
+        trainer's generator in that order."""
+        views = [aug(xb, self.gen) for aug in self.view_augs]
+        views += [self.small_aug(xb, self.gen) for _ in range(self.n_small)]
+        return [v.to(memory_format=torch.channels_last) for v in views]
+
     def _train_step(self, xb, total, warmup, epoch, ckpt, log, logf, pbar, t0) -> None:
         o, t = self.cfg["optim"], self.cfg["train"]
         ts = time.time()
-        lr = o["lr"] * warmup_cosine(self.step, total, warmup, o["min_lr_ratio"])
+        lr = o["lr"] * lr_multiplier(o["schedule"], self.step, total, warmup, o["min_lr_ratio"])
         for g in self.opt.param_groups:
             g["lr"] = lr
+        if o["weight_decay_end"] is not None:  # group 0 holds the decayed weights
+            self.opt.param_groups[0]["weight_decay"] = cosine_value(self.step, total, o["weight_decay"],
+                                                                    o["weight_decay_end"])
+        start_hook = getattr(self.model, "on_step_start", None)
+        if start_hook is not None:
+            start_hook(self.step, total, self.steps_per_epoch)
         xb = xb.to(self.device)
-        views = [self.aug(xb, self.gen).to(memory_format=torch.channels_last) for _ in range(self.model.n_views)]
+        views = self.views(xb)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
             loss = self.model(views)
         if not torch.isfinite(loss):
@@ -247,7 +339,14 @@ class Trainer:
                                 f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if o["grad_clip_value"] is not None:
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), o["grad_clip_value"])
+        if o["grad_clip_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o["grad_clip_norm"])
         self.opt.step()
+        end_hook = getattr(self.model, "on_train_step", None)
+        if end_hook is not None:
+            end_hook(self.step, total)
         self.step += 1
         pbar.update(1)
         if self.step % t["log_every"] == 0 or self.step == total:
@@ -255,6 +354,11 @@ class Trainer:
             log.writerow([self.step, epoch, f"{loss.item():.5f}", f"{lr:.6g}", f"{len(xb) / (time.time() - ts):.1f}",
                           f"{time.time() - t0:.1f}"])
             logf.flush()
+            if self.tb is not None:
+                self.tb.add_scalar("train/loss", loss.item(), self.step)
+                self.tb.add_scalar("train/lr", lr, self.step)
+                for k, v in getattr(self.model, "last_logs", {}).items():
+                    self.tb.add_scalar(f"train/{k}", float(v), self.step)
 
     def export(self) -> Path:
         """Write the backbone as a zoo folder ``OUT/export`` (model.safetensors + config.json)."""
@@ -264,9 +368,25 @@ class Trainer:
         pre = {"resize": pre["resize"] or a["size"], "crop": pre["crop"] or a["size"],
                "mean": pre["mean"] or a["mean"], "std": pre["std"] or a["std"],
                "interpolation": pre["interpolation"], "in_chans": cfg["model"]["in_chans"]}
-        backbone = self.model.backbone
+        backbone = self._eval_backbone()
         sd = {k: v for k, v in backbone.state_dict().items()}
         config = {"name": cfg["name"], "arch": cfg["model"], "feature_dim": backbone.feature_dim,
                   "preprocess": pre, "method": cfg["method"]["name"],
                   "training": {"recipe": cfg, "steps": self.step, "description": cfg["export"]["description"]}}
         return save_folder(sd, config, self.out / "export")
+
+
+def _split_tensor(split, spec: str) -> torch.Tensor:
+    """All images of a split as uint8 ``[N, C, H, W]``; file-backed splits (tinyimagenet, folders)
+    are decoded into memory, which needs one image size."""
+    if split.images is not None:
+        return split.as_tensor()
+    first = split.get(0)
+    out = torch.empty((len(split),) + tuple(first.shape), dtype=torch.uint8)
+    for i in tqdm(range(len(split)), desc=f"decoding {spec}", unit="img", leave=False):
+        im = first if i == 0 else split.get(i)
+        if im.shape != first.shape:
+            raise ConfigError(f"{spec}: image {i} is {tuple(im.shape)}, image 0 {tuple(first.shape)}; the in-memory "
+                              f"trainer needs one image size (resize the data set first)")
+        out[i] = im
+    return out

@@ -30,11 +30,15 @@ def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
 
 
 class ProjectionHead(nn.Sequential):
-    """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)``."""
+    """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)``; with ``bn=False`` the tutorial /
+    original-SimCLR-code variant ``Linear(in, hidden) - ReLU - Linear(hidden, out)``."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
-        super().__init__(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, bn: bool = True):
+        if bn:
+            super().__init__(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
+                             nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        else:
+            super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
 class SimCLR(nn.Module):
@@ -43,10 +47,10 @@ class SimCLR(nn.Module):
     n_views = 2
 
     def __init__(self, backbone: nn.Module, *, proj_hidden_dim: int = 512, proj_dim: int = 128,
-                 temperature: float = 0.5):
+                 temperature: float = 0.5, proj_bn: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.head = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim)
+        self.head = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, bn=proj_bn)
         self.temperature = temperature
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
