@@ -1,6 +1,7 @@
 """``sslzoo eval`` and ``sslzoo leaderboard`` (also ``python -m eval``)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,11 +9,11 @@ DEFAULT_MODEL = "simclr_resnet18w16_d1024_fashion_mnist"
 DEFAULT_DATASET = "fashion-mnist"
 
 
-def _int_list(s: str) -> tuple:
+def _int_list(s: str, what: str = "value") -> tuple:
     try:
         return tuple(int(v) for v in s.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {s!r}") from None
+        raise ValueError(f"{what} expects comma-separated integers, got {s!r}") from None
 
 
 def add_parsers(sub) -> None:
@@ -29,47 +30,95 @@ def add_parsers(sub) -> None:
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--no-cache", action="store_true", help="recompute features")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the features and every probe result (ignore both caches)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute probe results even when the results store has them (features stay cached)")
     p.add_argument("--out", default=None, help="also write the table to OUT.md / OUT.csv / OUT.json")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md",
                    help="md: one row per model, one column per protocol; csv/json: every field")
     p.set_defaults(func=run_eval)
-    p = sub.add_parser("leaderboard", help="all stored results as one table")
+    p = sub.add_parser("leaderboard", help="all stored results: one row per model x dataset x protocol")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    p.add_argument("--out", default=None, help="also write the table to OUT (.md, .csv or .json)")
+    p.add_argument("--plot", default=None, metavar="PATH.png",
+                   help="write few-shot curves (accuracy vs labelled images per class, one line per model)")
     p.set_defaults(func=run_leaderboard)
+
+
+def check_out_path(path, what: str = "--out") -> Path:
+    """Refuse, before any work, an output path that cannot be written: its folder must exist and
+    be writable, and the path itself may not be a folder."""
+    p = Path(path).expanduser()
+    parent = p.parent
+    if not parent.exists():
+        raise ValueError(f"{what} {path}: folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: folder {parent} is not writable")
+    if p.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file path")
+    return p
 
 
 def run_eval(args) -> int:
     from .run import evaluate, parse_probes
     from .tables import make_table, render, render_summary, write_table
 
-    baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
-    rows = evaluate(args.model, args.dataset, probes=parse_probes(args.probes), shots=_int_list(args.shots),
-                    seeds=_int_list(args.seeds), baselines=baselines, root=args.root, download=args.download,
-                    precision=args.precision, batch_size=args.batch_size, cache=not args.no_cache)
-    df = make_table(rows)
-    print(render_summary(df) if args.format == "md" else render(df, args.format))
-    print("\nprotocols: linear = logistic regression, L2 chosen on a 10% validation split of train, refit on all "
-          "train; knn = cosine, weights exp(s/T); few-shot = k per class, mean ± std over seeds; all on test.")
+    out = None
     if args.out:
+        out = check_out_path(args.out)
         for suffix in (".md", ".csv", ".json"):
-            write_table(df, Path(args.out).with_suffix(suffix))
+            check_out_path(out.with_suffix(suffix))
+    baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
+    info: dict = {}
+    rows = evaluate(args.model, args.dataset, probes=parse_probes(args.probes), shots=_int_list(args.shots, "--shots"),
+                    seeds=_int_list(args.seeds, "--seeds"), baselines=baselines, root=args.root,
+                    download=args.download, precision=args.precision, batch_size=args.batch_size,
+                    cache=not args.no_cache, force=args.force, info=info)
+    df = make_table(rows)
+    if out is not None:
+        for suffix in (".md", ".csv", ".json"):
+            write_table(df, out.with_suffix(suffix))
+    print(render_summary(df) if args.format == "md" else render(df, args.format))
+    if args.format == "md":
+        print("protocols: linear = logistic regression, L2 chosen on a 10% validation split of train, refit on all "
+              "train; knn = cosine, weights exp(s/T); few-shot = k per class, mean ± std over seeds; all on test.")
+        if info.get("reused"):
+            print(f"{info['reused']} of {info['reused'] + info['computed']} results came from the results store "
+                  f"(same model, weights, data, protocol, seed and code version); --force recomputes them.")
     return 0
 
 
 def run_leaderboard(args) -> int:
-    from .run import load_rows
-    from .tables import make_table, render, render_summary
+    from .plots import fewshot_points, plot_fewshot
+    from .store import ResultStore, aggregate
+    from .tables import FORMATS, attach_reported, make_table, render, render_leaderboard, write_table
 
-    rows = load_rows()
-    if not rows:
+    out = plot = None
+    if args.out:
+        out = check_out_path(args.out)
+        if out.suffix.lower() not in FORMATS:
+            raise ValueError(f"--out {args.out}: cannot tell the table format; use a .md, .csv or .json suffix")
+    if args.plot:
+        plot = check_out_path(args.plot, "--plot")
+        if plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot {args.plot}: the plot is a PNG image; give a path ending in .png")
+    with ResultStore() as store:
+        results = store.all()
+    rows = attach_reported(aggregate(results))
+    df = make_table(rows) if rows else None
+    if plot is not None and (df is None or not fewshot_points(df)):
+        raise ValueError("no few-shot results to plot; run `sslzoo eval --probes fewshot` first")
+    if df is None:
         print("no results yet: run `sslzoo eval` first")
         return 0
-    keep = {}
-    for r in rows:  # the latest result per (model, weights, dataset, protocol)
-        keep[(r["model"], r["weights_sha256"], r["dataset"], r["protocol"])] = r
-    df = make_table(list(keep.values()))
-    print(render_summary(df) if args.format == "md" else render(df, args.format))
+    if plot is not None:
+        plot_fewshot(df, plot)
+    if out is not None:
+        write_table(df, out)
+    print(render_leaderboard(df) if args.format == "md" else render(df, args.format), end="")
     return 0
 
 

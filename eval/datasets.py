@@ -25,7 +25,16 @@ import torch
 
 
 class DatasetError(ValueError):
-    """Bad dataset spec or malformed files; the message is one line saying what to do."""
+    """Bad dataset spec or malformed files; the message is one line saying what to do.
+
+    Control characters that came in with user input (a path or spec holding a newline) are shown
+    escaped, so the message stays one line whatever the input was.
+    """
+
+    def __init__(self, message="", *args):
+        if isinstance(message, str):
+            message = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+        super().__init__(message, *args)
 
 
 class DatasetNotFound(DatasetError):
@@ -67,11 +76,15 @@ class ImageSplit:
             return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
         from PIL import Image
 
-        with Image.open(self.paths[i]) as im:
-            if self.mode is not None:
-                im = im.convert(self.mode) if im.mode != self.mode else im.copy()
-            else:
-                im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+        try:
+            with Image.open(self.paths[i]) as im:
+                if self.mode is not None:
+                    im = im.convert(self.mode) if im.mode != self.mode else im.copy()
+                else:
+                    im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's decode errors
+            raise DatasetError(f"{self.paths[i]} is not a readable image ({type(e).__name__}: {_one_line(e)}); "
+                               f"replace or remove it") from None
         arr = np.asarray(im)
         if arr.ndim == 2:
             arr = arr[:, :, None]
@@ -629,6 +642,16 @@ LOADERS = {
 
 def load_split(spec: str, split: str = "train", root: str | None = None, download: bool = False) -> ImageSplit:
     """Resolve a dataset spec to one split."""
+    if "\x00" in spec or (root is not None and "\x00" in str(root)):
+        raise DatasetError(f"dataset spec {spec[:200]!r} contains a NUL character")
+    try:
+        return _load_split(spec, split, root, download)
+    except OSError as e:  # a path the OS refuses (too long, unreadable, ...) deep inside a loader
+        where = f" ({e.filename})" if getattr(e, "filename", None) and len(str(e.filename)) < 200 else ""
+        raise DatasetError(f"cannot read dataset {spec[:200]!r}: {e.strerror or type(e).__name__}{where}") from None
+
+
+def _load_split(spec: str, split: str, root: str | None, download: bool) -> ImageSplit:
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], split)
     if spec.startswith("npz:"):
@@ -640,5 +663,6 @@ def load_split(spec: str, split: str = "train", root: str | None = None, downloa
 
         close = difflib.get_close_matches(key, list(LOADERS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DatasetError(f"unknown dataset {spec!r}{hint} (catalogue: {', '.join(LOADERS)}; or folder:PATH, npz:PATH)")
+        raise DatasetError(f"unknown dataset {spec!r}{hint} (catalogue: {', '.join(LOADERS)}; "
+                           f"or folder:PATH, npz:PATH)")
     return LOADERS[key](split=split, root=root, download=download)

@@ -1,38 +1,33 @@
 """One evaluation: a model (registry name or zoo folder) x a dataset x probes -> result rows.
 
-Rows carry model, weights sha256, dataset (+ its fingerprint), protocol and its parameters, seeds
-and the accuracy (percent). They are appended to the results store
-(``$SSLZOO_HOME/results/*.json``, one atomically written file per evaluation) that ``sslzoo
-leaderboard`` reads.
+Every probe result (one per seed) goes into the results store (:mod:`eval.store`, SQLite), keyed
+by model, weights sha256, dataset + fingerprint, protocol + parameters, seed and code version.
+Results already stored under the same key are reused, so re-running an evaluation costs nothing
+(``force=True`` recomputes them; ``cache=False`` also recomputes the features). Every input is
+checked before any feature is computed or anything is written.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
-import subprocess
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from zoo.hub import create_model
-from zoo.io import atomic_write_text
 
 from .datasets import DatasetError, load_split
-from .features import Pixels, extract, model_fingerprint, sslzoo_home
+from .features import Pixels, extract, model_fingerprint
 from .probes import fewshot_probe, knn_probe, linear_probe
+from .store import Result, ResultStore, aggregate, code_version
+
+__all__ = ["PROBES", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes", "evaluate",
+           "check_inputs"]
 
 PROBES = ("linear", "fewshot", "knn")
 KNN_SETTINGS = ((20, 0.07), (200, 0.1))  # DINO and InstDisc settings
 BASELINES = ("pixels", "random-init")
-
-
-def code_version() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
+LINEAR_VAL_FRACTION = 0.1  # eval.probes.linear_probe's default, recorded with every linear result
 
 
 def parse_probes(spec: str) -> list[str]:
@@ -40,7 +35,7 @@ def parse_probes(spec: str) -> list[str]:
     bad = [p for p in items if p not in PROBES]
     if bad or not items:
         raise ValueError(f"unknown probe(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PROBES)}")
-    return items
+    return list(dict.fromkeys(items))
 
 
 def _label(model_spec: str) -> str:
@@ -56,45 +51,136 @@ def _check_classes(train, test) -> None:
                            f"predict them")
 
 
-def evaluate_features(name: str, sha: str, dataset: str, data_fp: str, tr, te, probes, shots, seeds) -> list[dict]:
+def _class_name(split, c: int) -> str:
+    try:
+        return repr(split.classes[c])
+    except (IndexError, TypeError):
+        return str(c)
+
+
+def check_inputs(train, test, probes, shots, seeds) -> None:
+    """Everything about the data and the protocol that can be wrong, checked before any compute."""
+    if len(train) == 0 or len(test) == 0:
+        raise DatasetError(f"{train.name}: empty split (train {len(train)}, test {len(test)} images)")
+    y = np.asarray(train.targets)
+    y = y[y >= 0]
+    if y.size == 0:
+        raise DatasetError(f"{train.name}: train has no labelled images (every label is < 0); probes need labels")
+    _check_classes(train, test)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise DatasetError(f"{train.name}: train has a single class ({_class_name(train, int(classes[0]))}); "
+                           f"probes need at least 2")
+    if "fewshot" in probes:
+        if not shots:
+            raise ValueError("few-shot needs at least one k (--shots 1,5,10)")
+        if not seeds:
+            raise ValueError("few-shot needs at least one seed (--seeds 0,1,2)")
+        bad = [k for k in shots if k < 1]
+        if bad:
+            raise ValueError(f"few-shot k must be >= 1, got {bad[0]}")
+        small = int(np.argmin(counts))
+        n_min = int(counts[small])
+        too_big = [k for k in shots if k > n_min]
+        if too_big:
+            raise ValueError(f"few-shot k={max(too_big)} exceeds the smallest train class "
+                             f"({_class_name(train, int(classes[small]))} has {n_min} labelled images); "
+                             f"use --shots with every k <= {n_min}")
+
+
+def _dataset_label(dataset: str, split) -> str:
+    if dataset.startswith(("folder:", "npz:")):
+        kind, path = dataset.split(":", 1)
+        return f"{kind}:{Path(path).name}"
+    return split.name  # the catalogue's canonical name (fmnist -> fashion-mnist)
+
+
+def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict) -> list[Result]:
+    """The results this evaluation needs, accuracy not yet known (NaN)."""
+    base = dict(model=name, weights_sha256=sha, dataset=ds_name, dataset_sha256=data_fp, accuracy=float("nan"))
+    jobs = []
+    if "linear" in probes:
+        jobs.append(Result(probe="linear", protocol="linear", seed=0,
+                           params=dict(common, val_fraction=LINEAR_VAL_FRACTION), **base))
+    if "knn" in probes:
+        for k, t in KNN_SETTINGS:
+            jobs.append(Result(probe="knn", protocol=f"knn k={k} T={t}", seed=None, params=dict(common, k=k, T=t),
+                               **base))
+    if "fewshot" in probes:
+        for k in shots:
+            for s in seeds:
+                jobs.append(Result(probe="fewshot", protocol=f"few-shot k={k}", seed=s, params=dict(common, shots=k),
+                                   **base))
+    return jobs
+
+
+def _run_jobs(jobs: list[Result], tr, te) -> None:
+    """Fill in the accuracy (percent) and extras of ``jobs`` from features ``tr``, ``te``."""
     (trx, try_), (tex, tey) = tr, te
     labelled = try_ >= 0
     trx, try_ = trx[labelled], try_[labelled]
-    base = {"model": name, "weights_sha256": sha, "dataset": dataset, "dataset_sha256": data_fp}
-    rows = []
-    if "linear" in probes:
-        r = linear_probe(trx, try_, tex, tey, seed=0)
-        rows.append(dict(base, protocol="linear", accuracy_mean=100 * r["accuracy"], accuracy_std=None, seeds="0",
-                         n=1, params=json.dumps({"l2": r["l2"], "val_accuracy": r["val_accuracy"],
-                                                 "val_fraction": 0.1})))
-    if "knn" in probes:
-        for k, t in KNN_SETTINGS:
-            r = knn_probe(trx, try_, tex, tey, k=k, temperature=t)
-            rows.append(dict(base, protocol=f"knn k={k} T={t}", accuracy_mean=100 * r["accuracy"], accuracy_std=None,
-                             seeds="-", n=1, params=json.dumps({"k": k, "T": t})))
-    if "fewshot" in probes:
-        for r in fewshot_probe(trx, try_, tex, tey, shots=shots, seeds=seeds):
-            std = r["std"]
-            rows.append(dict(base, protocol=f"few-shot k={r['shots']}", accuracy_mean=100 * r["mean"],
-                             accuracy_std=None if std != std else 100 * std, seeds=",".join(map(str, r["seeds"])),
-                             n=len(r["seeds"]), params=json.dumps({"per_seed": r["per_seed"],
-                                                                   "l2": r.get("per_seed_l2")})))
-    return rows
+    for j in jobs:
+        if j.probe == "linear":
+            r = linear_probe(trx, try_, tex, tey, seed=j.seed, val_fraction=j.params["val_fraction"])
+            j.accuracy, j.extra = 100 * r["accuracy"], {"l2": r["l2"], "val_accuracy": r["val_accuracy"]}
+        elif j.probe == "knn":
+            r = knn_probe(trx, try_, tex, tey, k=j.params["k"], temperature=j.params["T"])
+            j.accuracy = 100 * r["accuracy"]
+    by_k: dict = {}
+    for j in jobs:
+        if j.probe == "fewshot":
+            by_k.setdefault(j.params["shots"], []).append(j)
+    for k, js in by_k.items():  # each (k, seed) draw depends on k and the seed only
+        (r,) = fewshot_probe(trx, try_, tex, tey, shots=[k], seeds=[j.seed for j in js])
+        l2s = r.get("per_seed_l2") or [None] * len(js)
+        for j, acc, l2 in zip(js, r["per_seed"], l2s):
+            j.accuracy, j.extra = 100 * acc, {"l2": l2}
+
+
+def _finite(feats: torch.Tensor, name: str, what: str) -> None:
+    feats = feats.reshape(len(feats), -1)
+    if feats.numel() and not torch.isfinite(feats).all():
+        bad = int((~torch.isfinite(feats)).any(1).sum())
+        raise ValueError(f"{name}: {bad} {what} feature vector(s) contain NaN/inf; the weights are probably corrupt "
+                         f"(check them with `sslzoo info` or re-export the model)")
 
 
 def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
              baselines=(), root: str | None = None, download: bool = False, precision: str = "fp32",
-             batch_size: int = 512, cache: bool = True, save: bool = True) -> list[dict]:
-    """Evaluate ``model_spec`` (+ optional baselines) on ``dataset``; returns table rows."""
+             batch_size: int = 512, cache: bool = True, save: bool = True, force: bool = False,
+             store: ResultStore | None = None, info: dict | None = None) -> list[dict]:
+    """Evaluate ``model_spec`` (+ optional baselines) on ``dataset``; returns table rows (one per model x
+    protocol, mean ± std over seeds, see :func:`eval.store.aggregate`).
+
+    Stored results with the same key are reused unless ``force`` (or ``cache=False``); new results
+    are stored when ``save``. ``info``, when given, receives ``reused`` and ``computed`` counts."""
+    probes = list(dict.fromkeys(probes))
+    bad = [p for p in probes if p not in PROBES]
+    if bad or not probes:
+        raise ValueError(f"unknown probe(s) {', '.join(map(str, bad)) or '(none given)'}; "
+                         f"choose from {', '.join(PROBES)}")
+    for b in baselines:
+        if b not in BASELINES:
+            raise ValueError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)} (or none)")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    shots = list(dict.fromkeys(int(k) for k in shots))
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    model = create_model(model_spec, pretrained=True)  # unknown names and bad weights fail first: cheap
     train = load_split(dataset, "train", root=root, download=download)
     test = load_split(dataset, "test", root=root, download=download)
-    if len(train) == 0 or len(test) == 0:
-        raise DatasetError(f"{dataset}: empty split (train {len(train)}, test {len(test)} images)")
-    _check_classes(train, test)
-    model = create_model(model_spec, pretrained=True)
-    ds_name = dataset if not dataset.startswith(("folder:", "npz:")) else dataset.split(":", 1)[0] + ":" + Path(
-        dataset.split(":", 1)[1]).name
-    data_fp = train.fingerprint()[:16] + "/" + test.fingerprint()[:16]
+    check_inputs(train, test, probes, shots, seeds)
+    for split in (train, test):  # one image through the model: channels that cannot convert, NaN weights
+        try:
+            x = model.preprocess(split.get(0))
+        except ValueError as e:
+            raise ValueError(f"{split.name}/{split.split} does not fit {_label(model_spec)}: {e}") from None
+    with torch.no_grad():
+        _finite(model(x[None]), _label(model_spec), "probe")
+    ds_name = _dataset_label(dataset, train)
+    data_fp = hashlib.sha256(f"{train.fingerprint()}/{test.fingerprint()}".encode()).hexdigest()
     candidates = [(_label(model_spec), model)]
     for b in baselines:
         if b == "pixels":
@@ -104,40 +190,31 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             rnd = create_model(model_spec, pretrained=False)
             rnd.weights_sha256 = None
             candidates.append((f"{_label(model_spec)} (random init, seed 0)", rnd))
-        else:
-            raise ValueError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
-    rows = []
-    for name, m in candidates:
-        tr = extract(m, train, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: train")
-        te = extract(m, test, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: test")
-        sha = "-" if name == "pixels" else model_fingerprint(m)
-        rows += evaluate_features(name, sha, ds_name, data_fp, tr, te, probes, shots, seeds)
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    for r in rows:
-        r.update(precision=precision, code_version=code_version(), time=now)
-    if save:
-        save_rows(rows)
-    return rows
-
-
-def results_dir() -> Path:
-    return sslzoo_home() / "results"
-
-
-def save_rows(rows: list[dict]) -> Path:
-    d = results_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    path = d / f"{stamp}-{os.getpid()}.json"
-    atomic_write_text(path, json.dumps(rows, indent=1, default=float) + "\n")
-    return path
-
-
-def load_rows() -> list[dict]:
-    rows = []
-    for p in sorted(results_dir().glob("*.json")):
-        try:
-            rows += json.loads(p.read_text())
-        except (json.JSONDecodeError, OSError):
-            continue
-    return rows
+    own_store = store is None and (save or not force)
+    if own_store:
+        store = ResultStore()
+    try:
+        results, reused, computed = [], 0, 0
+        for name, m in candidates:
+            sha = "pixels" if isinstance(m, Pixels) else model_fingerprint(m)
+            common = {"precision": precision, "preprocess": m.preprocess.to_dict()}
+            jobs = _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common)
+            stored = {} if (force or not cache or store is None) else store.get_many(j.key for j in jobs)
+            todo = [j for j in jobs if j.key not in stored]
+            if todo:
+                tr = extract(m, train, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: train")
+                te = extract(m, test, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: test")
+                _finite(tr[0], name, "train")
+                _finite(te[0], name, "test")
+                _run_jobs(todo, tr, te)
+                if save:
+                    store.put(todo, replace=True)
+            results += [stored.get(j.key, j) for j in jobs]
+            reused += len(jobs) - len(todo)
+            computed += len(todo)
+    finally:
+        if own_store:
+            store.close()
+    if info is not None:
+        info.update(reused=reused, computed=computed)
+    return aggregate(results)

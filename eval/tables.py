@@ -18,7 +18,8 @@ from tabulate import tabulate
 
 from zoo.io import atomic_write_text
 
-__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table"]
+__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table", "reported_metric",
+           "attach_reported", "render_leaderboard"]
 
 #: Columns every row must provide, in display order.
 REQUIRED: tuple[str, ...] = ("model", "weights_sha256", "dataset", "protocol", "accuracy_mean", "accuracy_std",
@@ -184,3 +185,62 @@ def render_summary(df: pd.DataFrame) -> str:
         rows.append([model, str(sha)[:12], dataset] + [cells.get(p, "") for p in protos])
     return tabulate(rows, headers=["model", "sha256", "dataset", *protos], tablefmt="github",
                     disable_numparse=True) + "\n"
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def _protocol_matches(measured: str, reported: str) -> bool:
+    """``"linear"`` matches ``"linear (L2 chosen on ...)"``; ``"few-shot k=1"`` does not match
+    ``"few-shot k=10 ..."``: the reported protocol is the measured label, optionally followed by a
+    space or parenthesised details."""
+    measured, reported = measured.strip(), reported.strip()
+    return reported == measured or reported.startswith(measured + " ") or reported.startswith(measured + "(")
+
+
+def reported_metric(model: str, dataset: str, protocol: str):
+    """The number the registry reports for ``model`` on ``dataset`` under ``protocol``
+    (:class:`zoo.registry.Metric`), or ``None``."""
+    from zoo.registry import REGISTRY
+
+    rec = REGISTRY.get(model)
+    if rec is None:
+        return None
+    for m in rec.metrics:
+        if m.dataset == dataset and _protocol_matches(protocol, m.protocol):
+            return m
+    return None
+
+
+def attach_reported(rows: list[dict]) -> list[dict]:
+    """Add ``reported`` (percent, or ``None``), ``reported_protocol`` and ``reported_source`` from
+    the registry's metrics of each row's model, so a table shows both numbers and both protocols."""
+    out = []
+    for r in rows:
+        m = reported_metric(r["model"], r["dataset"], r["protocol"])
+        out.append(dict(r, reported=None if m is None else float(m.value),
+                        reported_protocol=None if m is None else f"{m.protocol} ({m.split})",
+                        reported_source=None if m is None else m.source))
+    return out
+
+
+def render_leaderboard(df: pd.DataFrame) -> str:
+    """The leaderboard in Markdown: one row per model x dataset x protocol, ``mean ± std`` over the
+    seeds, the registry's reported number and its protocol beside it."""
+    body = []
+    for rec in df.to_dict(orient="records"):
+        rep = rec.get("reported")
+        protocol = rec["protocol"]
+        try:  # say so when the features were not fp32 (the same protocol at another precision is another row)
+            precision = json.loads(rec.get("params") or "{}").get("precision", "fp32")
+        except (TypeError, ValueError, AttributeError):
+            precision = "fp32"
+        if precision != "fp32":
+            protocol += f" [{precision}]"
+        body.append([rec["model"], str(rec["weights_sha256"])[:12], rec["dataset"], protocol,
+                     _fmt_accuracy(rec["accuracy_mean"], rec["accuracy_std"]), _cell(rec["seeds"]),
+                     "" if _is_missing(rep) else f"{float(rep):.2f}", _cell(rec.get("reported_protocol")),
+                     _cell(rec.get("code_version"))])
+    headers = ["model", "sha256", "dataset", "protocol", "accuracy (%)", "seeds", "reported (%)",
+               "reported protocol", "code"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"

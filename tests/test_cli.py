@@ -67,6 +67,14 @@ def test_eval_folder_model_on_image_folder(image_folder, model_folder, tmp_path)
     assert by[("pixels", "linear")]["accuracy_mean"] == 100.0
     assert by[("model", "knn k=20 T=0.07")]["weights_sha256"] == json.loads(
         (model_folder / "config.json").read_text())["sha256"]
+    # the same evaluation again: every result comes from the store, the table is the same
+    first = out.with_suffix(".json").read_text()
+    again = sslzoo("eval", "--model", str(model_folder), "--dataset", f"folder:{image_folder}", "--shots", "1,2",
+                   "--seeds", "0,1,2", "--baselines", "pixels", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    n = 2 * (1 + 2 + 2 * 3)  # (linear + 2 kNN + 2 shots x 3 seeds) x (model + pixels)
+    assert f"{n} of {n} results came from the results store" in again.stdout
+    assert out.with_suffix(".json").read_text() == first
     lb = sslzoo("leaderboard", "--format", "csv")
     assert lb.returncode == 0 and "pixels" in lb.stdout
     lb = sslzoo("leaderboard")

@@ -11,7 +11,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval import tables  # noqa: E402
 from eval.tables import REQUIRED, make_table, render, write_table  # noqa: E402
 
 SHA_A = "0123456789ab" + "c" * 52
@@ -163,3 +162,48 @@ def test_render_summary_one_row_per_model_one_column_per_protocol():
         c.strip() for c in out[3].strip("|").split("|")]
     assert m1 == ["m1", "ab" * 6, "d", "90.00", "85.00", "60.00 ± 2.00", "70.00 ± 1.50"]
     assert len(out) == 4  # header, rule, 2 models
+
+
+# ----------------------------------------------------------------------------- leaderboard helpers
+
+
+def test_reported_protocol_matching():
+    from eval.tables import _protocol_matches
+
+    assert _protocol_matches("linear", "linear (L2 chosen on a 10% val split of train, refit)")
+    assert _protocol_matches("knn k=20 T=0.07", "knn k=20 T=0.07")
+    assert _protocol_matches("few-shot k=10", "few-shot k=10 (mean of seeds 0,1,2)")
+    assert not _protocol_matches("few-shot k=1", "few-shot k=10 (mean of seeds 0,1,2)")
+    assert not _protocol_matches("knn k=20 T=0.07", "knn k=200 T=0.1")
+    assert not _protocol_matches("linear", "linear-ish")
+
+
+def test_attach_reported_uses_the_registry_metrics():
+    from eval.tables import attach_reported
+    from zoo.registry import REGISTRY
+
+    name, rec = next((n, r) for n, r in REGISTRY.items() if r.metrics)
+    m = rec.metrics[0]
+    label = m.protocol.split(" (")[0]
+    row = dict(rows()[1], model=name, dataset=m.dataset, protocol=label)
+    out = attach_reported([row, rows()[0]])
+    assert out[0]["reported"] == m.value and out[0]["reported_protocol"] == f"{m.protocol} ({m.split})"
+    assert out[0]["reported_source"] == m.source
+    assert out[1]["reported"] is None and out[1]["reported_protocol"] is None  # not a registry model
+    other = attach_reported([dict(row, dataset="some-other-dataset")])[0]
+    assert other["reported"] is None
+
+
+def test_render_leaderboard_one_row_per_model_dataset_protocol():
+    from eval.tables import attach_reported, render_leaderboard
+
+    df = make_table(attach_reported([dict(r, code_version="0.1.0+gabc") for r in rows()]))
+    md = render_leaderboard(df).splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    assert header == ["model", "sha256", "dataset", "protocol", "accuracy (%)", "seeds", "reported (%)",
+                      "reported protocol", "code"]
+    assert len(md) == 2 + len(rows())
+    few = next(ln for ln in md if "resnet50-simclr" in ln and "few-shot k=10" in ln)
+    cells = [c.strip() for c in few.strip("|").split("|")]
+    assert cells == ["resnet50-simclr", SHA_A[:12], "cifar10", "few-shot k=10", "61.23 ± 1.23", "0,1,2", "", "",
+                     "0.1.0+gabc"]
