@@ -1,14 +1,50 @@
 """Batched tensor augmentations with per-sample random parameters.
 
-Per-image PIL pipelines are the bottleneck for small images on a 2-core CPU, so the whole batch
-is augmented at once: random resized crop + horizontal flip are one ``affine_grid`` /
-``grid_sample`` call with a per-sample affine matrix; colour jitter, grayscale and blur are
-vectorised over the batch with per-sample factors. Parameter names and distributions follow
-torchvision's transforms (``RandomResizedCrop(scale, ratio)``, ``ColorJitter(brightness,
-contrast, saturation, hue)``, ``RandomGrayscale(p)``, ``GaussianBlur(kernel_size, sigma)``), so
-recipes translate one to one.
+Per-image PIL pipelines are the bottleneck for small images on a 2-core CPU, so the whole batch is
+augmented at once, on the device the batch lives on (CPU or CUDA), with every random parameter
+drawn per sample. Parameter names and distributions follow torchvision's transforms, so a recipe
+translates one to one:
 
-Input: ``uint8`` or float tensor ``[B, C, H, W]`` (uint8 is scaled to [0, 1]).
+=====================================  ===========================================================
+torchvision                            :class:`ViewAugment` field
+=====================================  ===========================================================
+``RandomResizedCrop(size, scale,       ``size``, ``scale``, ``ratio``, ``interpolation``,
+ratio, interpolation, antialias)``     ``antialias``
+``RandomHorizontalFlip(p)``            ``flip_p``
+``RandomApply([ColorJitter(b, c, s,    ``brightness``, ``contrast``, ``saturation``, ``hue`` (a
+h)], p)``                              number or a ``(min, max)`` range, as torchvision), ``jitter_p``
+``RandomGrayscale(p)``                 ``grayscale_p``
+``RandomApply([GaussianBlur(k,         ``blur_kernel``, ``blur_sigma``, ``blur_p``
+sigma)], p)``
+``RandomSolarize(threshold, p)``       ``solarize_threshold`` (on the [0, 1] scale), ``solarize_p``
+``Normalize(mean, std)``               ``mean``, ``std``
+=====================================  ===========================================================
+
+The ops run in that order (the SimCLR / BYOL / lightly order). Multi-crop is several
+:class:`ViewAugment` instances (different ``size`` / ``scale``) applied to the same batch.
+
+Two engines, chosen with ``ViewAugment(version=...)``:
+
+* ``version=1`` (default) is the original engine, kept bit for bit (same outputs and the same
+  consumption of the random generator for a given generator state), so a training run started with
+  it resumes identically. It differs from torchvision in details: one jitter order per call instead
+  of per image; the crop is resampled by ``grid_sample`` from the whole image (at the box edges the
+  bilinear taps reach half an output pixel beyond the box; no antialiasing when shrinking); grayscale
+  weights 0.299/0.587/0.114. ``antialias`` has no effect there.
+* ``version=2`` is torchvision's semantics for every op: a random jitter order per image; the crop is
+  resampled from the box only, exactly as ``torchvision.transforms.v2.functional.resized_crop``
+  (bilinear / bicubic with antialiasing, nearest, nearest-exact) via two per-sample interpolation
+  matrices; grayscale / contrast / saturation use torchvision's luma weights 0.2989/0.587/0.114.
+  Parameters are drawn by :meth:`ViewAugment.sample` into a :class:`ViewParams` record and applied
+  by :meth:`ViewAugment.apply`, so one image can be replayed through torchvision with the same
+  parameters (the tests do, and match it per image to float rounding).
+
+Random parameters are always drawn on the CPU from ``generator`` (a CPU ``torch.Generator`` or the
+global RNG), whatever the device of the batch, so a seed gives the same views on CPU and CUDA.
+
+Input: ``uint8`` or float tensor ``[B, C, H, W]`` (uint8 is scaled to [0, 1]; float input is taken to
+be in [0, 1]). The ops run in float32; torchvision on uint8 tensors or PIL images rounds to 8 bits
+after every op, which this engine does not (differences of at most a few 1/255 steps).
 Output: float32 ``[B, C, size, size]``, normalised with ``mean`` / ``std``.
 """
 from __future__ import annotations
@@ -25,9 +61,11 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_crop_boxes(n, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None, attempts=10):
-    """Per-sample crop boxes ``(top, left, h, w)`` with torchvision's RandomResizedCrop rule:
-    area ~ U(scale) * H * W, log aspect ratio ~ U(log ratio), first of ``attempts`` tries that
-    fits, otherwise the central crop clamped to ``ratio``."""
+    """Per-sample crop boxes ``(top, left, h, w)`` (float tensors ``[n]``) with torchvision's
+    RandomResizedCrop rule: area ~ U(scale) * H * W, log aspect ratio ~ U(log ratio), the first of
+    ``attempts`` tries that fits, placed uniformly; if none fits, the central crop of the whole image
+    clamped to the ratio range. All tries are drawn at once (the tries are i.i.d., so the first
+    fitting one has torchvision's distribution)."""
     area = height * width
     s = torch.empty(n, attempts).uniform_(*scale, generator=generator) * area
     logr = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
@@ -39,12 +77,12 @@ def sample_crop_boxes(n, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
     idx = first.clamp(min=0)
     hh = h.gather(1, idx[:, None]).squeeze(1)
     ww = w.gather(1, idx[:, None]).squeeze(1)
-    # fallback: whole image, clamped to the ratio range (torchvision's behaviour)
+    # fallback: whole image, clamped to the ratio range, centred (torchvision's behaviour)
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fh, fw = height, round(height * ratio[1])
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fh, fw = height, round(height * max(ratio))
     else:
         fw, fh = width, height
     bad = first < 0
@@ -52,8 +90,15 @@ def sample_crop_boxes(n, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
     ww = torch.where(bad, torch.full_like(ww, fw), ww)
     top = torch.floor(torch.rand(n, generator=generator) * (height - hh + 1))
     left = torch.floor(torch.rand(n, generator=generator) * (width - ww + 1))
+    # The draws above are kept for the fallback samples too (same generator consumption either way).
+    top = torch.where(bad, torch.floor((height - hh) / 2), top)
+    left = torch.where(bad, torch.floor((width - ww) / 2), left)
     return top, left, hh, ww
 
+
+# ----------------------------------------------------------------------------- version 1 ops
+#
+# The original engine's ops, unchanged: ``ViewAugment(version=1)`` must reproduce its outputs.
 
 def resized_crop_flip(x, boxes, size, flip=None, mode="bilinear"):
     """Crop each sample to its box, resize to ``size`` and optionally mirror it, in one
@@ -177,39 +222,469 @@ def gaussian_blur(x, kernel_size, sigma=(0.1, 2.0), p=0.5, generator=None):
     return torch.where(_bview(sel.to(x.device)), y, x)
 
 
+# ----------------------------------------------------------------------------- version 2 ops
+#
+# Each op takes a float batch in [0, 1] and per-sample parameters already on the batch's device.
+
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
+_PIL_CODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # torchvision also accepts PIL's integer codes
+_MATRIX_ELEMENTS = 1 << 22  # resampling matrices are built for at most this many entries at a time
+
+
+def interpolation_name(mode) -> str:
+    """``"bilinear"`` etc. from a string, a ``torchvision.transforms.InterpolationMode`` or a PIL code."""
+    m = getattr(mode, "value", mode)
+    if isinstance(m, int) and not isinstance(m, bool):
+        m = _PIL_CODES.get(m, m)
+    m = str(m).lower()
+    if m not in INTERPOLATIONS:
+        raise ValueError(f"interpolation={mode!r} is not supported; use one of {', '.join(INTERPOLATIONS)}")
+    return m
+
+
+def _cubic(t: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel with parameter ``a`` (PyTorch: -0.75 plain, -0.5 antialiased)."""
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = (((t - 5) * t + 8) * t - 4) * a
+    return torch.where(t < 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def resample_matrix(start, length, in_size: int, out_size: int, mode: str = "bilinear",
+                    antialias: bool = True) -> torch.Tensor:
+    """Per-sample 1-D resampling matrices ``[B, out_size, in_size]``: row ``i`` of sample ``b`` holds
+    the weights with which the input pixels make output pixel ``i`` when the segment
+    ``[start[b], start[b] + length[b])`` of the axis is resized to ``out_size`` pixels.
+
+    The weights are those of ``torch.nn.functional.interpolate(crop, align_corners=False,
+    antialias=antialias)`` (what torchvision's ``resize`` calls on tensors), including its edge
+    handling: pixels outside the segment get weight 0. Antialiased bilinear / bicubic use the
+    triangle / Keys (a = -0.5) filter stretched by the scale factor when shrinking, and are
+    normalised per row (PIL's resampling); without antialiasing, bilinear clamps the source
+    coordinate to the segment and bicubic (a = -0.75) clamps its four taps; ``nearest`` takes pixel
+    ``floor(i * scale)`` and ``nearest-exact`` ``floor((i + 0.5) * scale)``.
+    """
+    mode = interpolation_name(mode)
+    start = torch.as_tensor(start, dtype=torch.float32)
+    length = torch.as_tensor(length, dtype=torch.float32, device=start.device)
+    dev = start.device
+    L = length.view(-1, 1, 1)
+    scale = L / out_size                                                    # input pixels per output pixel
+    i = torch.arange(out_size, device=dev, dtype=torch.float32).view(1, -1, 1)
+    q = torch.arange(in_size, device=dev, dtype=torch.float32).view(1, 1, -1) - start.view(-1, 1, 1)
+    if mode in ("nearest", "nearest-exact"):
+        src = torch.floor((i if mode == "nearest" else i + 0.5) * scale)
+        w = (q == torch.minimum(src, L - 1)).float()
+    elif antialias:
+        half = 1.0 if mode == "bilinear" else 2.0                            # half the filter's support
+        stretch = scale.clamp(min=1.0)                                       # widen the filter when shrinking
+        center = scale * (i + 0.5)
+        support = half * stretch
+        lo = torch.floor(center - support + 0.5).clamp(min=0)
+        hi = torch.minimum(torch.floor(center + support + 0.5), L)
+        t = (q - center + 0.5) / stretch
+        w = (1 - t.abs()).clamp(min=0) if mode == "bilinear" else _cubic(t, -0.5)
+        w = w * ((q >= lo) & (q < hi))
+        w = w / w.sum(-1, keepdim=True)
+    elif mode == "bilinear":
+        src = torch.minimum(((i + 0.5) * scale - 0.5).clamp(min=0), L - 1)
+        w = (1 - (q - src).abs()).clamp(min=0)
+    else:  # bicubic without antialiasing: four taps around floor(src), indices clamped to the segment
+        src = (i + 0.5) * scale - 0.5
+        f0 = torch.floor(src)
+        frac = src - f0
+        w = torch.zeros(start.shape[0], out_size, in_size, device=dev)
+        for k in (-1, 0, 1, 2):
+            tap = torch.minimum((f0 + k).clamp(min=0), L - 1)
+            w = w + _cubic(frac - k, -0.75) * (q == tap)
+    return w * ((q >= 0) & (q < L))
+
+
+def _bilinear_upscale_grid(top, left, h, w, H, W, oh, ow, flip):
+    """``grid_sample`` grid reproducing torchvision's bilinear resize of the box when it is enlarged
+    along both axes (then antialiasing is a no-op): source coordinate ``(i + 0.5) * h / oh - 0.5``
+    clamped to the box, in ``align_corners=False`` normalised coordinates."""
+    dev = top.device
+    iy = torch.arange(oh, device=dev, dtype=torch.float32).view(1, -1)
+    ix = torch.arange(ow, device=dev, dtype=torch.float32).view(1, -1)
+    sy = torch.minimum(((iy + 0.5) * (h / oh).view(-1, 1) - 0.5).clamp(min=0), (h - 1).view(-1, 1)) + top.view(-1, 1)
+    sx = torch.minimum(((ix + 0.5) * (w / ow).view(-1, 1) - 0.5).clamp(min=0), (w - 1).view(-1, 1)) + left.view(-1, 1)
+    if flip is not None:
+        sx = torch.where(flip.view(-1, 1), sx.flip(1), sx)
+    gy = (2 * sy + 1) / H - 1                                                # [n, oh]
+    gx = (2 * sx + 1) / W - 1                                                # [n, ow]
+    return torch.stack(torch.broadcast_tensors(gx.unsqueeze(1), gy.unsqueeze(2)), -1)  # [n, oh, ow, 2]
+
+
+def resized_crop(x: torch.Tensor, boxes, size, flip=None, interpolation="bilinear", antialias: bool = True):
+    """Crop every sample to its box ``(top, left, h, w)``, resize it to ``size`` (an int or ``(h, w)``)
+    and mirror it where ``flip`` is true: torchvision's ``resized_crop`` (+ ``horizontal_flip``) per
+    sample. Computed as ``Ry @ x @ Rx^T`` with the per-sample :func:`resample_matrix` of each axis;
+    bilinear boxes that are enlarged along both axes (every box when the output is as large as the
+    input) take the cheaper ``grid_sample`` route with the same source coordinates and weights."""
+    b, c, H, W = x.shape
+    oh, ow = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    dev = x.device
+    top, left, h, w = (torch.as_tensor(t, dtype=torch.float32).to(dev) for t in boxes)
+    if flip is not None:
+        flip = torch.as_tensor(flip).to(dev)
+    interpolation = interpolation_name(interpolation)
+    up = (h <= oh) & (w <= ow) if interpolation == "bilinear" else torch.zeros(b, dtype=torch.bool, device=dev)
+    if bool(up.all()):
+        grid = _bilinear_upscale_grid(top, left, h, w, H, W, oh, ow, flip)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = torch.empty(b, c, oh, ow, device=dev)
+    if bool(up.any()):
+        sel = torch.nonzero(up).squeeze(1)
+        grid = _bilinear_upscale_grid(top[sel], left[sel], h[sel], w[sel], H, W, oh, ow,
+                                      None if flip is None else flip[sel])
+        out[sel] = F.grid_sample(x[sel], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        rest = torch.nonzero(~up).squeeze(1)
+        out[rest] = resized_crop(x[rest], (top[rest], left[rest], h[rest], w[rest]), (oh, ow),
+                                 None if flip is None else flip[rest], interpolation, antialias)
+        return out
+    step = max(1, _MATRIX_ELEMENTS // max(oh * H + ow * W, 1))
+    for s in range(0, b, step):
+        e = min(b, s + step)
+        n = e - s
+        ry = resample_matrix(top[s:e], h[s:e], H, oh, interpolation, antialias)            # [n, oh, H]
+        rx = resample_matrix(left[s:e], w[s:e], W, ow, interpolation, antialias)           # [n, ow, W]
+        if flip is not None:
+            rx = torch.where(flip[s:e].view(-1, 1, 1), rx.flip(1), rx)
+        # channels folded into the matrix products: [n, oh, H] @ [n, H, C*W], then [n, oh*C, W] @ [n, W, ow]
+        t = torch.bmm(ry, x[s:e].permute(0, 2, 1, 3).reshape(n, H, c * W))
+        t = torch.bmm(t.view(n, oh * c, W), rx.transpose(1, 2))
+        out[s:e] = t.view(n, oh, c, ow).permute(0, 2, 1, 3)
+    return out
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]`` grayscale with torchvision's weights (0.2989, 0.587, 0.114); 1-channel input as is."""
+    if x.shape[1] == 1:
+        return x
+    return x[:, 0:1] * 0.2989 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` RGB in [0, 1] -> HSV, hue in [0, 1) (the hexcone model of ``colorsys``)."""
+    return _rgb_to_hsv(x)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`, elementwise: channel ``n`` in (R, G, B) = ``v - v s
+    clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6`` for n = 5, 3, 1."""
+    h, s, v = x.unbind(1)
+    return _hexcone(h * 6.0, v, v * s)
+
+
+def _hexcone(h6, top, chroma):
+    """RGB from hue ``h6`` (in sixths of a turn, any real), max ``top`` and chroma ``top - min``."""
+    out = torch.empty(top.shape[0], 3, *top.shape[1:], device=top.device)
+    for ch, n in enumerate((5.0, 3.0, 1.0)):
+        k = torch.remainder(h6 + n, 6.0)
+        k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(top, k.mul_(chroma), out=out[:, ch])
+    return out
+
+
+def adjust_brightness(x, factor):
+    """``clamp(f * x)`` per sample (torchvision ``adjust_brightness``); ``factor`` is ``[B]``."""
+    return (x * _bview(factor)).clamp_(0, 1)
+
+
+def adjust_contrast(x, factor):
+    """Blend with the per-sample mean of the grayscale image (torchvision ``adjust_contrast``)."""
+    f = _bview(factor)
+    m = x.mean(dim=(2, 3))                                                   # [B, C]
+    if x.shape[1] == 3:
+        m = m[:, 0:1] * 0.2989 + m[:, 1:2] * 0.587 + m[:, 2:3] * 0.114
+    else:
+        m = m.mean(1, keepdim=True)
+    return (x * f).add_(m.view(-1, 1, 1, 1) * (1 - f)).clamp_(0, 1)
+
+
+def adjust_saturation(x, factor):
+    """Blend with the grayscale image (torchvision ``adjust_saturation``); 1-channel input unchanged."""
+    if x.shape[1] == 1:
+        return x
+    f = _bview(factor)
+    return (x * f).add_(luma(x).mul_(1 - f)).clamp_(0, 1)
+
+
+def adjust_hue(x, shift):
+    """Rotate the hue by ``shift`` (``[B]``, in [-0.5, 0.5] turns) in HSV space (torchvision
+    ``adjust_hue``); 1-channel input unchanged. Value (max) and chroma (max - min) are kept, so only
+    the hue is computed: ``h6 = (g - b) / c``, ``2 + (b - r) / c`` or ``4 + (r - g) / c`` by the
+    channel that is the max (r before g before b, as torchvision), then :func:`_hexcone`."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    top = torch.maximum(torch.maximum(r, g), b)
+    chroma = top - torch.minimum(torch.minimum(r, g), b)
+    inv = chroma.clamp(min=1e-30).reciprocal_()                             # c = 0: the differences are 0 too
+    h6 = torch.where(top == r, (g - b).mul_(inv),
+                     torch.where(top == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)))
+    h6.add_(shift.view(-1, 1, 1) * 6.0)
+    return _hexcone(h6, top, chroma)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+JITTER_OP_NAMES = ("brightness", "contrast", "saturation", "hue")
+
+
+def jitter_range(value, name: str, center: float = 1.0, bound=(0.0, math.inf), clip_first_on_zero: bool = True):
+    """torchvision ``ColorJitter``'s reading of a jitter argument: a number ``v`` means
+    ``[max(0, center - v), center + v]`` (hue: ``[-v, v]``), a pair is the range itself; ``None`` for
+    an op that is off (``0``, ``None`` or the range ``(center, center)``)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"If {name} is a single number, it must be non negative, got {value}")
+        lo, hi = center - value, center + value
+        if clip_first_on_zero:
+            lo = max(lo, 0.0)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        lo, hi = float(value[0]), float(value[1])
+    else:
+        raise TypeError(f"{name}={value!r} should be a single number or a (min, max) pair")
+    if not bound[0] <= lo <= hi <= bound[1]:
+        raise ValueError(f"{name} values should be between {bound} and increasing, got {(lo, hi)}")
+    return None if lo == hi == center else (float(lo), float(hi))
+
+
+def color_jitter_per_sample(x, apply, order, factors):
+    """torchvision ``RandomApply([ColorJitter], p)`` with per-sample parameters.
+
+    ``apply [B]`` (bool): samples that are jittered; ``order [B, 4]``: each sample's permutation of
+    the ops (0 brightness, 1 contrast, 2 saturation, 3 hue); ``factors``: four ``[B]`` tensors, or
+    ``None`` for an op that is off. At step ``k`` every op runs once, on the samples whose ``k``-th op
+    it is, so the work is one pass of each op over the jittered samples. ``x`` is updated in place.
+    Index computations happen on the CPU (the parameters live there) and are moved to ``x``'s device.
+    """
+    dev = x.device
+    apply, order = apply.cpu(), order.cpu()
+    for k in range(order.shape[1]):
+        for op, fn in enumerate(_JITTER_OPS):
+            f = factors[op]
+            if f is None or (op >= 2 and x.shape[1] != 3):
+                continue
+            idx = torch.nonzero(apply & (order[:, k] == op)).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            idx_d = idx.to(dev)
+            x[idx_d] = fn(x[idx_d], f[idx].to(dev))
+    return x
+
+
+def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``[B, kernel_size]`` normalised 1-D Gaussians ``exp(-t^2 / (2 sigma^2))``, ``t = -(k-1)/2 ..
+    (k-1)/2`` (torchvision's ``GaussianBlur`` kernel)."""
+    half = (kernel_size - 1) / 2
+    t = torch.linspace(-half, half, kernel_size, device=sigma.device)
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    return k / k.sum(1, keepdim=True)
+
+
+def gaussian_blur_per_sample(x, sigma, kernel_size):
+    """Per-sample Gaussian blur with reflect padding (torchvision ``gaussian_blur``), as ``k``
+    shifted multiply-adds per axis. ``kernel_size``: odd int or ``(kx, ky)``; ``sigma [B]``."""
+    kx, ky = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    b, c, H, W = x.shape
+    wx = gaussian_kernels(sigma, kx)
+    wy = gaussian_kernels(sigma, ky)
+    px, py = kx // 2, ky // 2
+    xp = F.pad(x, (px, px, py, py), mode="reflect") if (px or py) else x
+    tmp = torch.zeros(b, c, H + 2 * py, W, device=x.device)
+    for j in range(kx):
+        tmp.addcmul_(xp[..., j:j + W], wx[:, j].view(-1, 1, 1, 1))
+    out = torch.zeros(b, c, H, W, device=x.device)
+    for j in range(ky):
+        out.addcmul_(tmp[:, :, j:j + H], wy[:, j].view(-1, 1, 1, 1))
+    return out
+
+
+def solarize(x, threshold: float):
+    """Invert pixels ``>= threshold`` (torchvision ``solarize`` on float images)."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+@dataclass
+class ViewParams:
+    """The random parameters of one :class:`ViewAugment` call (``version=2``), one entry per sample,
+    on the CPU. ``boxes``: ``(top, left, h, w)`` float tensors (pixel units of the input);
+    ``flip``, ``jitter``, ``gray``, ``blur``, ``solarize``: bool ``[B]`` (op applied);
+    ``order``: ``[B, 4]`` op order of the colour jitter (0 brightness, 1 contrast, 2 saturation,
+    3 hue); ``brightness``, ``contrast``, ``saturation``: factors, ``hue``: shift (``None`` for an op
+    that is off); ``sigma``: blur sigma ``[B]``."""
+
+    boxes: tuple
+    flip: torch.Tensor
+    jitter: torch.Tensor
+    order: torch.Tensor
+    brightness: torch.Tensor | None
+    contrast: torch.Tensor | None
+    saturation: torch.Tensor | None
+    hue: torch.Tensor | None
+    gray: torch.Tensor
+    blur: torch.Tensor
+    sigma: torch.Tensor
+    solarize: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.flip.shape[0])
+
+    def sample(self, i: int) -> dict:
+        """Parameters of sample ``i`` as Python numbers (e.g. to replay it through torchvision)."""
+        def item(t):
+            return None if t is None else t[i].item()
+        top, left, h, w = (int(t[i]) for t in self.boxes)
+        return {"top": top, "left": left, "height": h, "width": w, "flip": bool(self.flip[i]),
+                "jitter": bool(self.jitter[i]), "order": self.order[i].tolist(), "brightness": item(self.brightness),
+                "contrast": item(self.contrast), "saturation": item(self.saturation), "hue": item(self.hue),
+                "gray": bool(self.gray[i]), "blur": bool(self.blur[i]), "sigma": float(self.sigma[i]),
+                "solarize": bool(self.solarize[i])}
+
+
+# ----------------------------------------------------------------------------- the view transform
+
 @dataclass
 class ViewAugment:
     """One SimCLR-style view: random resized crop -> flip -> colour jitter -> grayscale -> blur ->
-    normalise. For single-channel images colour jitter reduces to brightness/contrast and
-    grayscale is a no-op."""
+    solarize -> normalise, with torchvision's parameter names (see the module docstring for the
+    mapping and for the two engines selected by ``version``).
 
-    size: int = 32
+    For single-channel images the colour jitter reduces to brightness/contrast and grayscale is a
+    no-op (as torchvision). ``jitter_p`` is the probability of ``RandomApply([ColorJitter])``;
+    ``brightness`` / ``contrast`` / ``saturation`` / ``hue`` are read as torchvision's ``ColorJitter``
+    reads them (``version=2`` also accepts ``(min, max)`` ranges). ``blur_kernel`` is an odd int (or
+    ``(kx, ky)`` with ``version=2``). ``solarize_threshold`` is on the [0, 1] scale of the float
+    images the engine works on (torchvision's ``RandomSolarize(threshold=128)`` on uint8 images is
+    ``128 / 255``). ``interpolation``: ``"bilinear"`` (default), ``"bicubic"``, ``"nearest"``,
+    ``"nearest-exact"`` (version 2 only) or a torchvision ``InterpolationMode``. ``size``: an int or
+    ``(h, w)`` (version 2 only).
+
+    ``version=1`` (default) reproduces the original engine bit for bit; ``version=2`` follows
+    torchvision in every op. Calling an instance draws the parameters from ``generator`` (CPU) and
+    applies them; with ``version=2`` this is ``apply(x, sample(x.shape, generator))``.
+    """
+
+    size: int | tuple = 32
     scale: tuple = (0.08, 1.0)
     ratio: tuple = (3 / 4, 4 / 3)
     flip_p: float = 0.5
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
+    brightness: float | tuple = 0.4
+    contrast: float | tuple = 0.4
+    saturation: float | tuple = 0.4
+    hue: float | tuple = 0.1
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: float = 0.0
-    blur_kernel: int = 3
+    blur_kernel: int | tuple = 3
     blur_sigma: tuple = (0.1, 2.0)
     mean: tuple = field(default_factory=lambda: (0.5,))
     std: tuple = field(default_factory=lambda: (0.5,))
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+    version: int = 1
+
+    def __post_init__(self):
+        if self.version not in (1, 2):
+            raise ValueError(f"version must be 1 (the original engine) or 2 (torchvision semantics), got {self.version!r}")
+        self.interpolation = interpolation_name(self.interpolation)
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {tuple(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {tuple(self.ratio)}")
+        ks = (self.blur_kernel,) * 2 if isinstance(self.blur_kernel, int) else tuple(self.blur_kernel)
+        if len(ks) != 2 or any(int(k) != k or k < 1 or k % 2 == 0 for k in ks):
+            raise ValueError(f"blur_kernel must be an odd positive int (or (kx, ky)), got {self.blur_kernel!r}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max, got {tuple(self.blur_sigma)}")
+        if not 0.0 <= self.solarize_threshold <= 1.0:
+            raise ValueError(f"solarize_threshold is on the [0, 1] scale of float images, got {self.solarize_threshold}"
+                             f" (for a uint8 threshold t use t / 255)")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        self._ranges = (jitter_range(self.brightness, "brightness"), jitter_range(self.contrast, "contrast"),
+                        jitter_range(self.saturation, "saturation"),
+                        jitter_range(self.hue, "hue", center=0.0, bound=(-0.5, 0.5), clip_first_on_zero=False))
+        if self.version == 1:
+            bad = [n for n in ("brightness", "contrast", "saturation", "hue", "blur_kernel", "size")
+                   if not isinstance(getattr(self, n), (int, float))]
+            if bad or self.interpolation == "nearest-exact":
+                raise ValueError(f"{', '.join(bad) or 'interpolation=nearest-exact'}: ranges, (h, w) sizes and "
+                                 f"nearest-exact need version=2")
+
+    # ------------------------------------------------------------------ version 2
+    def sample(self, shape, generator: torch.Generator | None = None) -> ViewParams:
+        """Draw the per-sample parameters for a batch of ``shape`` ``[B, C, H, W]`` (``version=2``).
+
+        Every field is drawn for every sample whatever the configuration, so the generator advances
+        by the same amount for a given batch size."""
+        b, _, H, W = shape
+        g = generator
+        boxes = sample_crop_boxes(b, H, W, tuple(self.scale), tuple(self.ratio), g)
+        flip = torch.rand(b, generator=g) < self.flip_p
+        jitter = torch.rand(b, generator=g) < self.jitter_p
+        order = torch.rand(b, 4, generator=g).argsort(1)  # a uniformly random permutation per sample
+        factors = []
+        for rng in self._ranges:
+            u = torch.empty(b).uniform_(0.0, 1.0, generator=g)
+            factors.append(None if rng is None else u * (rng[1] - rng[0]) + rng[0])
+        gray = torch.rand(b, generator=g) < self.grayscale_p
+        blur = torch.rand(b, generator=g) < self.blur_p
+        sigma = torch.empty(b).uniform_(*self.blur_sigma, generator=g)
+        solar = torch.rand(b, generator=g) < self.solarize_p
+        return ViewParams(boxes, flip, jitter, order, *factors, gray=gray, blur=blur, sigma=sigma, solarize=solar)
+
+    def apply(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        """Apply drawn parameters to ``x`` ``[B, C, H, W]`` (uint8 or float in [0, 1]) on its device."""
+        if self.version != 2:
+            raise RuntimeError("sample/apply are the version=2 engine; this ViewAugment has version=1")
+        x = _to_float(x)
+        dev = x.device
+        x = resized_crop(x, params.boxes, self.size, params.flip, self.interpolation, self.antialias).clamp_(0, 1)
+        if self.jitter_p > 0:
+            x = color_jitter_per_sample(x, params.jitter, params.order,
+                                        (params.brightness, params.contrast, params.saturation, params.hue))
+        if x.shape[1] == 3 and self.grayscale_p > 0:
+            idx = torch.nonzero(params.gray).squeeze(1).to(dev)
+            if idx.numel():
+                x[idx] = luma(x[idx]).expand(-1, 3, -1, -1)
+        if self.blur_p > 0:
+            idx = torch.nonzero(params.blur).squeeze(1)
+            if idx.numel():
+                idx_d = idx.to(dev)
+                x[idx_d] = gaussian_blur_per_sample(x[idx_d], params.sigma[idx].to(dev), self.blur_kernel)
+        if self.solarize_p > 0:
+            x = torch.where(params.solarize.to(dev).view(-1, 1, 1, 1), solarize(x, self.solarize_threshold), x)
+        return self._normalise(x)
+
+    # ------------------------------------------------------------------ both
+    def _normalise(self, x):
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.version == 2:
+            return self.apply(x, self.sample(x.shape, generator))
+        # version 1: the original engine, unchanged (same ops, same generator consumption)
         x = _to_float(x)
-        b, c, H, W = x.shape
+        b, _, H, W = x.shape
         boxes = sample_crop_boxes(b, H, W, tuple(self.scale), tuple(self.ratio), generator)
         flip = torch.rand(b, generator=generator) < self.flip_p
-        x = resized_crop_flip(x, boxes, self.size, flip).clamp_(0, 1)
+        x = resized_crop_flip(x, boxes, self.size, flip, self.interpolation).clamp_(0, 1)
         if self.jitter_p > 0:
             x = color_jitter(x, self.brightness, self.contrast, self.saturation, self.hue, self.jitter_p, generator)
         x = random_grayscale(x, self.grayscale_p, generator)
         if self.blur_p > 0:
             x = gaussian_blur(x, self.blur_kernel, tuple(self.blur_sigma), self.blur_p, generator)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        if self.solarize_p > 0:  # new op: draws only when enabled, so the original configs are unaffected
+            sel = (torch.rand(b, generator=generator) < self.solarize_p).to(x.device)
+            x = torch.where(sel.view(-1, 1, 1, 1), solarize(x, self.solarize_threshold), x)
+        return self._normalise(x)
