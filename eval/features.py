@@ -3,25 +3,27 @@
 The cache key is the sha256 of (weights sha256 — or of the parameters when the model has no
 weights file —, dataset fingerprint, split, the preprocessing, the precision and a format
 version). Cached features live in ``$SSLZOO_HOME/features/<key>.safetensors`` (default
-``~/.cache/sslzoo``), written atomically, so a killed run never leaves a half file behind.
+``~/.cache/sslzoo``), written atomically, so a killed run never leaves a half file behind, with the sha256 of their
+content in the file's metadata, checked on every read (a flipped byte means recompute, never use).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from zoo.io import WeightsError, atomic_save_safetensors
 
 from .datasets import ImageSplit
 
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 2  # 2: the features' sha256 is recorded in the file's metadata and checked on read
 
 
 def sslzoo_home() -> Path:
@@ -82,12 +84,9 @@ def extract(model: torch.nn.Module, split: ImageSplit, *, preprocess=None, batch
     key = cache_key(model_fingerprint(model), split, preprocess, precision)
     path = sslzoo_home() / "features" / f"{key}.safetensors"
     if cache and path.is_file():
-        try:
-            t = load_file(str(path))
-            if t["features"].shape[0] == len(split):
-                return t["features"], labels
-        except Exception:  # corrupt cache entry: recompute and overwrite
-            pass
+        feats = _read_cached(path, len(split))
+        if feats is not None:
+            return feats, labels
     _check_input(model, split, preprocess)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev).eval()
@@ -101,8 +100,31 @@ def extract(model: torch.nn.Module, split: ImageSplit, *, preprocess=None, batch
             bar.update(len(xb))
     feats = torch.cat(out) if out else torch.empty(0, 0)
     if cache:
-        atomic_save_safetensors({"features": feats.contiguous()}, path)
+        feats = feats.contiguous()
+        atomic_save_safetensors({"features": feats}, path, metadata={"sha256": _tensor_sha256(feats)})
     return feats, labels
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_cached(path: Path, n: int) -> torch.Tensor | None:
+    """The cached features if the file is intact (readable, ``n`` rows, content sha256 equal to the
+    one recorded when it was written); otherwise ``None`` after one warning line, and the caller
+    recomputes and overwrites the entry. A truncated file or a flipped byte is never used."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("sha256")
+            feats = f.get_tensor("features")
+    except Exception as e:  # unreadable header / truncated data
+        print(f"warning: feature cache {path} is unreadable ({type(e).__name__}); recomputing", file=sys.stderr)
+        return None
+    if feats.shape[0] != n or recorded is None or _tensor_sha256(feats) != recorded:
+        print(f"warning: feature cache {path} does not match its recorded sha256 or size; recomputing",
+              file=sys.stderr)
+        return None
+    return feats
 
 
 class Pixels(torch.nn.Module):

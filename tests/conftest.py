@@ -7,11 +7,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread by default: the tests are small, and OpenMP's spinning barriers make 2 threads
+# on a 2-core machine shared with any other job many times slower than 1. SSLZOO_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("SSLZOO_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    """Every test gets its own feature cache / results store, never the user's."""
-    monkeypatch.setenv("SSLZOO_HOME", str(tmp_path / "sslzoo_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _isolated_home(tmp_path):
+    """Every test gets its own feature cache / results store, never the user's.
+
+    A private MonkeyPatch (not the test's ``monkeypatch`` fixture), so a test that calls
+    ``monkeypatch.undo()`` to drop its own patches keeps this isolation."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SSLZOO_HOME", str(tmp_path / "sslzoo_home"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    mp.undo()

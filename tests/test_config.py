@@ -101,3 +101,23 @@ def test_every_recipe_loads():
         assert cfg["method"]["name"] in METHODS, n
     for m in METHODS:  # a small CPU recipe per method
         assert f"{m}_fashion_mnist_cpu" in names
+
+
+@pytest.mark.parametrize("item, words", [
+    ("optim.batch_size=1.5", "whole number"),
+    ("optim.lr=.nan", "finite"),    # YAML's NaN
+    ("optim.lr=-.inf", "finite"),
+    ("optim.lr=nan", "a number"),   # plain 'nan' is a string in YAML
+    ("optim.epochs=2.5", "whole number"),
+])
+def test_non_finite_or_fractional_counts_are_refused(item, words):
+    from training.config import ConfigError, load_recipe
+    with pytest.raises(ConfigError, match=words):
+        load_recipe("simclr_fashion_mnist_cpu", [item])
+
+
+def test_whole_float_for_an_integer_key_becomes_an_int():
+    from training.config import load_recipe
+    cfg = load_recipe("simclr_fashion_mnist_cpu", ["optim.batch_size=256.0", "optim.warmup_epochs=0.5"])
+    assert cfg["optim"]["batch_size"] == 256 and type(cfg["optim"]["batch_size"]) is int
+    assert cfg["optim"]["warmup_epochs"] == 0.5

@@ -345,3 +345,29 @@ def test_leaderboard_empty_and_bad_plot(tmp_path, capsys):
     assert main(["leaderboard", "--plot", str(tmp_path / "p.png")]) == 2
     assert "no few-shot results to plot" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_feature_cache_with_a_flipped_byte_is_recomputed_not_used(tmp_path, capsys):
+    """A cached feature file whose content no longer matches its recorded sha256 is never used."""
+    import numpy as np
+    import torch
+
+    from eval.datasets import ImageSplit
+    from eval.features import extract, sslzoo_home
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    split = ImageSplit("toy", "test", np.arange(8) % 2, ["a", "b"],
+                       images=np.random.default_rng(0).integers(0, 255, (8, 4, 4, 1), dtype=np.uint8))
+    from zoo.preprocess import Preprocess
+    pre = Preprocess(resize=4, crop=4, mean=(0.5,), std=(0.25,), in_chans=1)
+    ref, _ = extract(model, split, preprocess=pre)
+    (path,) = (sslzoo_home() / "features").glob("*.safetensors")
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x40                                   # flip one bit inside the feature data
+    path.write_bytes(bytes(raw))
+    again, _ = extract(model, split, preprocess=pre)
+    assert torch.equal(again, ref)
+    assert "does not match its recorded sha256" in capsys.readouterr().err
+    third, _ = extract(model, split, preprocess=pre)  # the entry was rewritten intact
+    assert torch.equal(third, ref) and "recomputing" not in capsys.readouterr().err

@@ -13,6 +13,7 @@ base's whole ``method`` section).
 from __future__ import annotations
 
 import copy
+import math
 import difflib
 import inspect
 from pathlib import Path
@@ -129,7 +130,18 @@ def _check_type(path: str, default, value):
         want = "a string"
     if not ok:
         raise ConfigError(f"config key {path!r} must be {want}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {path!r} must be a finite number, got {value!r}")
+    if (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float)
+            and path not in _FRACTIONAL_OK):
+        if not value.is_integer():
+            raise ConfigError(f"config key {path!r} must be a whole number, got {value!r}")
+        value = int(value)
     return value
+
+
+#: Integer-valued defaults that may still be set to a fraction.
+_FRACTIONAL_OK = {"optim.warmup_epochs"}
 
 
 def parse_override(item: str) -> dict:
