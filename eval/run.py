@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from zoo.hub import create_model
 
@@ -114,11 +115,15 @@ def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict) -> li
     return jobs
 
 
-def _run_jobs(jobs: list[Result], tr, te) -> None:
-    """Fill in the accuracy (percent) and extras of ``jobs`` from features ``tr``, ``te``."""
+def _run_jobs(jobs: list[Result], tr, te, desc: str = "probes") -> None:
+    """Fill in the accuracy (percent) and extras of ``jobs`` from features ``tr``, ``te``; a progress
+    bar counts the probe fits (each linear / kNN job, each few-shot k over its seeds)."""
     (trx, try_), (tex, tey) = tr, te
     labelled = try_ >= 0
     trx, try_ = trx[labelled], try_[labelled]
+    n_fewshot = len({j.params["shots"] for j in jobs if j.probe == "fewshot"})
+    bar = tqdm(total=sum(j.probe != "fewshot" for j in jobs) + n_fewshot, desc=desc, unit="probe",
+               dynamic_ncols=True, leave=False)
     for j in jobs:
         if j.probe == "linear":
             r = linear_probe(trx, try_, tex, tey, seed=j.seed, val_fraction=j.params["val_fraction"])
@@ -126,6 +131,7 @@ def _run_jobs(jobs: list[Result], tr, te) -> None:
         elif j.probe == "knn":
             r = knn_probe(trx, try_, tex, tey, k=j.params["k"], temperature=j.params["T"])
             j.accuracy = 100 * r["accuracy"]
+        bar.update(int(j.probe != "fewshot"))
     by_k: dict = {}
     for j in jobs:
         if j.probe == "fewshot":
@@ -135,6 +141,8 @@ def _run_jobs(jobs: list[Result], tr, te) -> None:
         l2s = r.get("per_seed_l2") or [None] * len(js)
         for j, acc, l2 in zip(js, r["per_seed"], l2s):
             j.accuracy, j.extra = 100 * acc, {"l2": l2}
+        bar.update(1)
+    bar.close()
 
 
 def _finite(feats: torch.Tensor, name: str, what: str) -> None:
@@ -206,7 +214,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
                 te = extract(m, test, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: test")
                 _finite(tr[0], name, "train")
                 _finite(te[0], name, "test")
-                _run_jobs(todo, tr, te)
+                _run_jobs(todo, tr, te, desc=f"{name}: probes")
                 if save:
                     store.put(todo, replace=True)
             results += [stored.get(j.key, j) for j in jobs]
