@@ -118,10 +118,10 @@ def streaming_linear_probe(train: FeatureStore, test: FeatureStore, *, num_class
 
 @torch.no_grad()
 def chunked_knn_probe(train: FeatureStore, test: FeatureStore, *, k: int = 20, temperature: float = 0.07,
-                      num_classes: int | None = None, query_chunk: int = 1024,
-                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+                      num_classes: int | None = None, query_chunk: int = 256,
+                      chunk_rows: int = 4096) -> dict:
     """Weighted cosine kNN (:func:`eval.probes.knn_probe`) with both sets streamed: memory
-    ``O(query_chunk * (k + chunk_rows) + chunk_rows * D)``. Train rows with a label < 0 never vote."""
+    ``O(query_chunk * chunk_rows + chunk_rows * D)`` (the similarity block and one train chunk). Train rows with a label < 0 never vote."""
     if k < 1 or temperature <= 0 or query_chunk < 1 or chunk_rows < 1:
         raise ValueError(f"need k >= 1, temperature > 0, chunks >= 1; got k={k}, T={temperature}, "
                          f"query_chunk={query_chunk}, chunk_rows={chunk_rows}")
@@ -140,9 +140,10 @@ def chunked_knn_probe(train: FeatureStore, test: FeatureStore, *, k: int = 20, t
         best_s = torch.full((len(q), 0), float("-inf"))
         best_y = torch.zeros((len(q), 0), dtype=torch.int64)
         for _, x, y in train.iter_rows(chunk_rows, None if every else labelled):
-            sim = q @ F.normalize(x, dim=1).t()
+            # the chunk's own top-k first, then a merge with the running top-k: [q, 2k] at most
+            sim, idx = (q @ F.normalize(x, dim=1).t()).topk(min(k, len(x)), dim=1)
             cat_s = torch.cat([best_s, sim], 1)
-            cat_y = torch.cat([best_y, y.unsqueeze(0).expand(len(q), -1)], 1)
+            cat_y = torch.cat([best_y, y[idx]], 1)
             best_s, pos = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
             best_y = cat_y.gather(1, pos)
         w = ((best_s - best_s[:, :1]) / temperature).exp()
