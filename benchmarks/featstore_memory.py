@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, machine_info  # noqa: E402
+from benchmarks._common import RESULTS, machine_info
 
 GRID = (1e-4, 1e-2, 1.0)
 CHILD = r"""
@@ -91,7 +91,7 @@ def run_child(mode: str, train: Path, test: Path, max_iter: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=50_000, help="train rows of the small store (the large has 4x)")
-    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--max-iter", type=int, default=100)
@@ -100,7 +100,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="wt8_featstore_bench_"))
     try:
         test = work / "test"
-        synth_store(test, args.n_test, args.dim, args.classes, seed=99).path
+        synth_store(test, args.n_test, args.dim, args.classes, seed=99)
         rows = []
         base = run_child("baseline", test, test, 1)
         for n in (args.n, 4 * args.n):

@@ -12,8 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["barrier", "broadcast_object", "init_from_env", "is_distributed", "is_main", "local_rank", "rank",
-           "shutdown", "world_size"]
+__all__ = ["barrier", "broadcast_object", "device_for_rank", "init_from_env", "is_distributed", "is_main",
+           "local_rank", "rank", "shutdown", "world_size"]
 
 
 def is_distributed() -> bool:

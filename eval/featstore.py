@@ -39,7 +39,7 @@ from .features import model_fingerprint
 FORMAT = 1
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
-__all__ = ["FeatureStore", "StoreFormatError", "extract_to_store", "shard_batches"]
+__all__ = ["FeatureStore", "StoreFormatError", "extract_to_store", "shard_batches", "store_from_chunks"]
 
 
 class StoreFormatError(ValueError):

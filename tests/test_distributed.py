@@ -21,14 +21,14 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dist_worker as W  # noqa: E402
+import dist_worker as W
 
-from eval.datasets import load_split  # noqa: E402
-from eval.featstore import FeatureStore, extract_to_store  # noqa: E402
-from eval.features import extract  # noqa: E402
-from training.config import load_recipe  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
-from zoo.backbones import build_resnet  # noqa: E402
+from eval.datasets import load_split
+from eval.featstore import FeatureStore, extract_to_store
+from eval.features import extract
+from training.config import load_recipe
+from training.trainer import Trainer
+from zoo.backbones import build_resnet
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
