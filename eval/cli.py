@@ -37,6 +37,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default=None, help="also write the table to OUT.md / OUT.csv / OUT.json")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md",
                    help="md: one row per model, one column per protocol; csv/json: every field")
+    p.add_argument("--feature-store", action="store_true",
+                   help="features on disk ($SSLZOO_HOME/featstores), linear and kNN probes read them in chunks "
+                        "(always on under torchrun, where every rank extracts a shard)")
+    p.add_argument("--store-dtype", choices=("fp32", "fp16"), default="fp32", help="feature store precision")
     p.set_defaults(func=run_eval)
     p = sub.add_parser("leaderboard", help="all stored results: one row per model x dataset x protocol")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
@@ -73,10 +77,19 @@ def run_eval(args) -> int:
             check_out_path(out.with_suffix(suffix))
     baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
     info: dict = {}
-    rows = evaluate(args.model, args.dataset, probes=parse_probes(args.probes), shots=_int_list(args.shots, "--shots"),
-                    seeds=_int_list(args.seeds, "--seeds"), baselines=baselines, root=args.root,
-                    download=args.download, precision=args.precision, batch_size=args.batch_size,
-                    cache=not args.no_cache, force=args.force, info=info)
+    from . import distributed as D
+
+    D.init_from_env()  # under torchrun: join the process group; rank 0 alone prints
+    try:
+        rows = evaluate(args.model, args.dataset, probes=parse_probes(args.probes),
+                        shots=_int_list(args.shots, "--shots"), seeds=_int_list(args.seeds, "--seeds"),
+                        baselines=baselines, root=args.root, download=args.download, precision=args.precision,
+                        batch_size=args.batch_size, cache=not args.no_cache, force=args.force, info=info,
+                        feature_store=args.feature_store, store_dtype=args.store_dtype)
+        if not D.is_main():
+            return 0
+    finally:
+        D.shutdown()
     df = make_table(rows)
     if out is not None:
         for suffix in (".md", ".csv", ".json"):

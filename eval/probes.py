@@ -153,16 +153,20 @@ def _logreg_objective(X, y, onehot_t, W, b, penalty, weight):
     gb = torch.zeros(A * C, device=X.device)
     loss = torch.zeros(A, dtype=torch.float64, device=X.device)
     step = max(256, _ROW_CHUNK_BYTES // (4 * max(D, 1)))
-    for s in range(0, N, step):
-        Xc = X[s:s + step]
+    if hasattr(X, "blocks"):  # a row source on disk (eval.stream_probes.RowSource): read block by block
+        blocks = X.blocks(step)
+    else:
+        blocks = ((s, X[s:s + step], y[s:s + step]) for s in range(0, N, step))
+    for s, Xc, yc in blocks:
         n = Xc.shape[0]
         Z = torch.addmm(bm, Wm, Xc.t()).view(A, C, n)
         # Cross-entropy and its gradient without cancellation: with d_c = z_c - z_y, CE = softplus(
         # logsumexp_{c != y} d_c) and softmax_c = exp(d_c - CE) for c != y, softmax_y - 1 = -sum of
         # those. The textbook lse - z_y (and softmax_y - 1) lose all digits in float32 once a point
         # is classified with a margin, which stalls the weakly regularised fits on separable data.
-        oh = onehot_t[:, s:s + step].unsqueeze(0)                                # [1, C, n]
-        Z.sub_(Z.gather(1, y[s:s + step].view(1, 1, n).expand(A, 1, n)))        # d = z - z_y
+        oh = (onehot_t[:, s:s + n] if onehot_t is not None
+              else F.one_hot(yc, C).to(torch.float32).t()).unsqueeze(0)         # [1, C, n]
+        Z.sub_(Z.gather(1, yc.view(1, 1, n).expand(A, 1, n)))                  # d = z - z_y
         Z.masked_fill_(oh.bool(), float("-inf"))
         ce = F.softplus(torch.logsumexp(Z, dim=1))                               # [A, n]
         G = Z.sub_(ce.unsqueeze(1)).exp_()                                       # softmax, 0 at y
@@ -222,7 +226,10 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
         if weight.shape != (P, N):
             raise ValueError(f"weight must be [{P}, {N}], got {tuple(weight.shape)}")
         weight = weight / weight.sum(1, keepdim=True)
-    onehot_t = F.one_hot(y, C).to(torch.float32).t().contiguous() if N else torch.zeros(C, 0, device=dev)
+    if hasattr(X, "blocks"):  # a row source streams its labels with its rows
+        onehot_t = None
+    else:
+        onehot_t = F.one_hot(y, C).to(torch.float32).t().contiguous() if N else torch.zeros(C, 0, device=dev)
     nW = C * D
     n = nW + C
     theta = torch.zeros(P, n, device=dev)

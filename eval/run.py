@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 
 from zoo.hub import create_model
 
+from . import distributed as D
 from .datasets import DatasetError, load_split
-from .features import Pixels, extract, model_fingerprint
+from .features import Pixels, cache_key, extract, model_fingerprint, sslzoo_home
 from .probes import fewshot_probe, knn_probe, linear_probe
 from .store import Result, ResultStore, aggregate, code_version
 
@@ -145,6 +146,48 @@ def _run_jobs(jobs: list[Result], tr, te, desc: str = "probes") -> None:
     bar.close()
 
 
+def _run_store_jobs(jobs: list[Result], tr, te) -> None:
+    """:func:`_run_jobs` on feature stores: linear and kNN stream the stores in chunks; few-shot
+    reads the stores into memory (its support sets are small, but it scores on all of test)."""
+    from .stream_probes import chunked_knn_probe, streaming_linear_probe
+
+    for j in jobs:
+        if j.probe == "linear":
+            r = streaming_linear_probe(tr, te, seed=j.seed, val_fraction=j.params["val_fraction"])
+            j.accuracy = 100 * r["accuracy"]
+            j.extra = {"l2": r["l2"], "val_accuracy": r["val_accuracy"], "features": "store"}
+        elif j.probe == "knn":
+            r = chunked_knn_probe(tr, te, k=j.params["k"], temperature=j.params["T"])
+            j.accuracy, j.extra = 100 * r["accuracy"], {"features": "store"}
+    few = [j for j in jobs if j.probe == "fewshot"]
+    if few:
+        _run_jobs(few, tr.load(), te.load())
+
+
+def _store_features(m, split, *, name, precision, batch_size, cache, dtype):
+    """The feature store of ``split`` under ``m`` in ``$SSLZOO_HOME/featstores``: reused when complete
+    (and ``cache``), else extracted -- sharded over the ranks under torchrun."""
+    from .featstore import FeatureStore, StoreFormatError, extract_to_store
+
+    key = cache_key(model_fingerprint(m), split, m.preprocess, precision)
+    dest = sslzoo_home() / "featstores" / f"{key}-{dtype}"
+    reuse = False
+    if D.is_main() and cache:
+        try:
+            reuse = len(FeatureStore(dest)) == len(split)
+        except StoreFormatError:
+            reuse = False
+    if D.broadcast_object(reuse):
+        return FeatureStore(dest)
+    return extract_to_store(m, split, dest, batch_size=batch_size, precision=precision, dtype=dtype,
+                            desc=f"{name}: {split.split}")
+
+
+def _finite_store(st, name: str, what: str) -> None:
+    for _, x, _ in st.iter_rows(8192):
+        _finite(x, name, what)
+
+
 def _finite(feats: torch.Tensor, name: str, what: str) -> None:
     feats = feats.reshape(len(feats), -1)
     if feats.numel() and not torch.isfinite(feats).all():
@@ -156,9 +199,15 @@ def _finite(feats: torch.Tensor, name: str, what: str) -> None:
 def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
              baselines=(), root: str | None = None, download: bool = False, precision: str = "fp32",
              batch_size: int = 512, cache: bool = True, save: bool = True, force: bool = False,
-             store: ResultStore | None = None, info: dict | None = None) -> list[dict]:
+             store: ResultStore | None = None, info: dict | None = None, feature_store: bool = False,
+             store_dtype: str = "fp32") -> list[dict]:
     """Evaluate ``model_spec`` (+ optional baselines) on ``dataset``; returns table rows (one per model x
     protocol, mean ± std over seeds, see :func:`eval.store.aggregate`).
+
+    ``feature_store`` (always on under torchrun): features go to on-disk feature stores
+    (:mod:`eval.featstore`, ``store_dtype`` fp32 or fp16) that linear and kNN probes read in chunks;
+    under torchrun every rank extracts a shard and rank 0 alone runs the probes, stores results and
+    returns rows (the other ranks return ``[]``).
 
     Stored results with the same key are reused unless ``force`` (or ``cache=False``); new results
     are stored when ``save``. ``info``, when given, receives ``reused`` and ``computed`` counts."""
@@ -174,6 +223,10 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
         raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     if int(batch_size) < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if store_dtype not in ("fp32", "fp16"):
+        raise ValueError(f"feature store dtype must be fp32 or fp16, not {store_dtype!r}")
+    use_store = bool(feature_store) or D.is_distributed()
+    main = D.is_main()
     shots = list(dict.fromkeys(int(k) for k in shots))
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     model = create_model(model_spec, pretrained=True)  # unknown names and bad weights fail first: cheap
@@ -198,7 +251,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             rnd = create_model(model_spec, pretrained=False)
             rnd.weights_sha256 = None
             candidates.append((f"{_label(model_spec)} (random init, seed 0)", rnd))
-    own_store = store is None and (save or not force)
+    own_store = store is None and (save or not force) and main
     if own_store:
         store = ResultStore()
     try:
@@ -209,7 +262,17 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             jobs = _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common)
             stored = {} if (force or not cache or store is None) else store.get_many(j.key for j in jobs)
             todo = [j for j in jobs if j.key not in stored]
-            if todo:
+            if use_store:
+                if D.broadcast_object(bool(todo)):  # rank 0 knows what the results store holds
+                    kw = dict(name=name, precision=precision, batch_size=batch_size, cache=cache, dtype=store_dtype)
+                    tr, te = _store_features(m, train, **kw), _store_features(m, test, **kw)
+                    if main:
+                        _finite_store(tr, name, "train")
+                        _finite_store(te, name, "test")
+                        _run_store_jobs(todo, tr, te)
+                        if save:
+                            store.put(todo, replace=True)
+            elif todo:
                 tr = extract(m, train, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: train")
                 te = extract(m, test, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: test")
                 _finite(tr[0], name, "train")
@@ -225,4 +288,4 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             store.close()
     if info is not None:
         info.update(reused=reused, computed=computed)
-    return aggregate(results)
+    return aggregate(results) if main else []

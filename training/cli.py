@@ -18,12 +18,24 @@ def add_train_parser(sub) -> None:
 
 
 def run_train(args) -> int:
+    """Single process, or one rank of a torchrun job (``docs/distributed.md``): the process group is
+    joined from torchrun's environment and left at the end."""
+    from eval import distributed as D
+
     from .config import load_recipe
     from .trainer import Trainer
 
     cfg = load_recipe(args.recipe, args.overrides)
-    path = Trainer(cfg, args.out, device=args.device).fit(resume=args.resume)
-    print(f"exported {path.parent} (model.safetensors + config.json)")
+    D.init_from_env(args.device)
+    try:
+        path = Trainer(cfg, args.out, device=args.device).fit(resume=args.resume)
+        if D.is_main():
+            if path.name == "checkpoint.pt":
+                print(f"checkpoint {path} (continue with --resume)")
+            else:
+                print(f"exported {path.parent} (model.safetensors + config.json)")
+    finally:
+        D.shutdown()
     return 0
 
 

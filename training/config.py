@@ -60,7 +60,10 @@ DEFAULTS: dict = {
               "lars_eta": 0.001, "lars_clip": False, "grad_clip_norm": None, "grad_clip_value": None},
     "train": {"seed": 0, "bf16": True, "channels_last": True, "threads": 0, "checkpoint_minutes": 3.0,
               "log_every": 20, "monitor_every_epochs": 5, "monitor_size": 10000, "monitor_val_size": 5000,
-              "max_steps": None, "stop_at_step": None, "tensorboard": True},
+              "max_steps": None, "stop_at_step": None, "tensorboard": True,
+              # under torchrun: BatchNorm statistics over every rank's batch (torch.nn.SyncBatchNorm on GPUs,
+              # training.distributed.GlooSyncBatchNorm on CPUs); ignored in a single process
+              "sync_bn": False},
     "export": {"preprocess": {"resize": None, "crop": None, "mean": None, "std": None, "interpolation": "bilinear"},
                "description": ""},
 }

@@ -29,12 +29,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from eval import distributed as D
 from eval.datasets import load_split
 from zoo.backbones import build_resnet
 from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 
 from .augment import ViewAugment
 from .config import ConfigError
+from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
 from .methods import METHODS
 from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
 
@@ -120,6 +122,11 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
     gen.set_state(state["aug"])
 
 
+def _aug_seed(seed: int, rank: int) -> int:
+    """The augmentation generator's seed of ``rank`` (rank 0: the single-process seed)."""
+    return seed + 1 if rank == 0 else (seed + 1) * 1_000_003 + 7919 * rank
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -131,6 +138,9 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.world, self.rank = D.world_size(), D.rank()
+        if self.world > 1:  # under torchrun: this rank's GPU, when there are GPUs
+            self.device = D.device_for_rank(str(self.device))
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(int(t["threads"]))
@@ -140,11 +150,15 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if t["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.world > 1 and t["sync_bn"]:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.opt = build_optimizer(cfg, self.model)
+        # forward passes go through DDP under torchrun; hooks, state dicts and exports use the module
+        self.ddp = wrap_ddp(self.model, self.device) if self.world > 1 else self.model
         self.view_augs, self.small_aug, self.n_small = build_view_augments(
             cfg, self.model.n_views, getattr(self.model, "multicrop", False))
         self.aug = self.view_augs[0]
-        self.gen = torch.Generator().manual_seed(t["seed"] + 1)
+        self.gen = torch.Generator().manual_seed(_aug_seed(t["seed"], self.rank))
         self.step = 0
         self.steps_per_epoch = 1
         self.tb = None
@@ -215,8 +229,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def state(self, epoch: int, batch_in_epoch: int) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _rng_state(self.gen), "config": self.cfg}
+        """The checkpoint payload. Under torchrun (collective: every rank calls it) rank 0's state plus
+        ``world_size`` and every rank's augmentation generator (``aug_ranks``)."""
+        payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+                   "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _rng_state(self.gen), "config": self.cfg}
+        if self.world > 1:
+            states = [None] * self.world
+            torch.distributed.all_gather_object(states, self.gen.get_state())
+            payload.update(world_size=self.world, aug_ranks=states)
+        return payload
+
+    def _save(self, path: Path, epoch: int, batch: int) -> None:
+        """Checkpoint; under torchrun every rank enters (frozen state re-broadcast, RNG gathered) and
+        rank 0 writes."""
+        if self.world > 1:
+            broadcast_state_(self.model)
+        payload = self.state(epoch, batch)
+        if self.rank == 0:
+            save_checkpoint(path, payload)
 
     def resume(self, path: Path) -> tuple[int, int]:
         try:
@@ -230,19 +260,45 @@ class Trainer:
             self.opt.load_state_dict(ck["optimizer"])
             self.step = ck["step"]
             _set_rng_state(ck["rng"], self.gen)
+            saved_world = int(ck.get("world_size", 1))
+            if self.world > 1 or saved_world > 1:
+                self._resume_aug_rng(ck, saved_world)
             return ck["epoch"], ck["batch_in_epoch"]
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             msg = (str(e).strip().splitlines() or [""])[0][:200]
             raise TrainingError(f"checkpoint {path} does not match this recipe's model or optimiser "
                                 f"({type(e).__name__}: {msg}); resume with the recipe it was written with") from None
 
+    def _resume_aug_rng(self, ck: dict, saved_world: int) -> None:
+        """Each rank's augmentation generator: restored when the world size is the one that wrote the
+        checkpoint, otherwise re-seeded from (seed, step, rank) -- a run resumed on another world size
+        continues correctly but is not bit-identical to an uninterrupted one."""
+        if saved_world == self.world:
+            if self.world > 1:
+                self.gen.set_state(ck["aug_ranks"][self.rank])
+            return
+        seed = int(self.cfg["train"]["seed"])
+        self.gen.manual_seed(_aug_seed(seed, self.rank) * 65537 + self.step)
+        if self.rank == 0:
+            tqdm.write(f"checkpoint written by {saved_world} process(es), resumed on {self.world}: data order and "
+                       f"step continue; augmentation streams re-seeded")
+
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> Path:
+        """Train to the end (or ``train.stop_at_step``) and export. Under torchrun every rank calls it:
+        ``optim.batch_size`` is the global batch, each rank augments and encodes its slice of every
+        global batch (the same permutation on every rank, seeded by seed and epoch: the
+        ``DistributedSampler`` scheme), rank 0 alone writes logs, checkpoints and the export."""
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
+        main = self.rank == 0
         # bad data, sizes, schedules and checkpoints fail before anything is written
         x, y = self._load_data()
         n = len(x)
         bs = o["batch_size"]
+        if bs % self.world:
+            raise ConfigError(f"optim.batch_size {bs} (the global batch) is not divisible by the {self.world} "
+                              f"processes; use a multiple of {self.world}")
+        local_bs = bs // self.world
         steps_per_epoch = n // bs
         if steps_per_epoch == 0:
             raise ConfigError(f"batch_size {bs} is larger than the dataset ({n} images); lower optim.batch_size")
@@ -256,44 +312,54 @@ class Trainer:
         start_epoch, start_batch = 0, 0
         if resume and ckpt.is_file():
             start_epoch, start_batch = self.resume(ckpt)
-            tqdm.write(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
-        elif resume:
+            if main:
+                tqdm.write(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
+        elif resume and main:
             tqdm.write(f"no checkpoint in {self.out}; starting from scratch")
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        log_path = self.out / "log.csv"
-        new_log = not log_path.exists() or not resume
-        logf = open(log_path, "w" if new_log else "a", newline="")
-        log = csv.writer(logf)
-        if new_log:
-            log.writerow(["step", "epoch", "loss", "lr", "images_per_s", "wall_s"])
+        D.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
+        log = logf = None
         mon_path = self.out / "monitor.csv"
-        if not mon_path.exists() or not resume:
-            atomic_write_text(mon_path, "epoch,step,knn20_heldout_train\n")
-        self.tb = _tensorboard_writer(self.out / "tensorboard") if t["tensorboard"] else None
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+            log_path = self.out / "log.csv"
+            new_log = not log_path.exists() or not resume
+            logf = open(log_path, "w" if new_log else "a", newline="")
+            log = csv.writer(logf)
+            if new_log:
+                log.writerow(["step", "epoch", "loss", "lr", "images_per_s", "wall_s"])
+            if not mon_path.exists() or not resume:
+                atomic_write_text(mon_path, "epoch,step,knn20_heldout_train\n")
+            self.tb = _tensorboard_writer(self.out / "tensorboard") if t["tensorboard"] else None
         last_ckpt = time.time()
         t0 = time.time()
         stop = min(total, int(t["stop_at_step"])) if t["stop_at_step"] else total
-        pbar = tqdm(total=total, initial=self.step, desc=cfg["name"], unit="step", dynamic_ncols=True)
+        pbar = tqdm(total=total, initial=self.step, desc=cfg["name"], unit="step", dynamic_ncols=True,
+                    disable=not main)
         self.model.train()
         epoch, batch = start_epoch, start_batch
+        lo = self.rank * local_bs  # this rank's slice of every global batch
         try:
             while self.step < stop:
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(t["seed"] * 100003 + epoch))
                 while batch < steps_per_epoch and self.step < stop:
-                    self._train_step(x[perm[batch * bs:(batch + 1) * bs]], total, warmup, epoch, ckpt, log, logf,
-                                     pbar, t0)
+                    start = batch * bs + lo
+                    late = self.world > 1 and time.time() - last_ckpt > 60 * t["checkpoint_minutes"]
+                    due = self._train_step(x[perm[start:start + local_bs]], total, warmup, epoch, ckpt, log, logf,
+                                           pbar, t0, late)
                     batch += 1
-                    if time.time() - last_ckpt > 60 * t["checkpoint_minutes"]:
-                        save_checkpoint(ckpt, self.state(epoch, batch))
+                    if self.world == 1:
+                        due = time.time() - last_ckpt > 60 * t["checkpoint_minutes"]
+                    if due:
+                        self._save(ckpt, epoch, batch)
                         last_ckpt = time.time()
                 if batch < steps_per_epoch:
                     break  # stopped mid-epoch (stop_at_step)
                 epoch, batch = epoch + 1, 0
-                save_checkpoint(ckpt, self.state(epoch, batch))
+                self._save(ckpt, epoch, batch)
                 last_ckpt = time.time()
                 me = t["monitor_every_epochs"]
-                if me and (epoch % me == 0 or self.step >= total):
+                if main and me and (epoch % me == 0 or self.step >= total):
                     acc = self.monitor(x, y)
                     with open(mon_path, "a") as f:
                         f.write(f"{epoch},{self.step},{acc:.4f}\n")
@@ -302,14 +368,18 @@ class Trainer:
                     tqdm.write(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
         finally:
             pbar.close()
-            logf.close()
+            if logf is not None:
+                logf.close()
             if self.tb is not None:
                 self.tb.close()
-        save_checkpoint(ckpt, self.state(epoch, batch))
+        self._save(ckpt, epoch, batch)
         if self.step < total:
-            tqdm.write(f"stopped at step {self.step} of {total}; continue with --resume")
+            if main:
+                tqdm.write(f"stopped at step {self.step} of {total}; continue with --resume")
             return ckpt
-        return self.export()
+        path = self.export() if main else self.out / "export" / "model.safetensors"
+        D.barrier()  # the export exists for every rank once fit returns
+        return path
 
     def views(self, xb: torch.Tensor) -> list[torch.Tensor]:
         """The large views (one per ``model.n_views``) then the small crops, augmented on the
@@ -318,7 +388,9 @@ class Trainer:
         views += [self.small_aug(xb, self.gen) for _ in range(self.n_small)]
         return [v.to(memory_format=torch.channels_last) for v in views]
 
-    def _train_step(self, xb, total, warmup, epoch, ckpt, log, logf, pbar, t0) -> None:
+    def _train_step(self, xb, total, warmup, epoch, ckpt, log, logf, pbar, t0, due=False) -> bool:
+        """One optimiser step on this rank's batch ``xb``; returns whether to checkpoint after it
+        (``due``: rank 0's clock decides for every rank under torchrun)."""
         o, t = self.cfg["optim"], self.cfg["train"]
         ts = time.time()
         lr = o["lr"] * lr_multiplier(o["schedule"], self.step, total, warmup, o["min_lr_ratio"])
@@ -333,9 +405,18 @@ class Trainer:
         xb = xb.to(self.device)
         views = self.views(xb)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
-            loss = self.model(views)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at step {self.step} (epoch {epoch}); the last good checkpoint "
+            loss = self.ddp(views)
+        if self.world > 1:
+            # one small all-reduce before backward: the mean loss (logging), whether any rank's loss is
+            # non-finite (all stop together, none left waiting in backward), rank 0's checkpoint clock
+            flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float(),
+                                 torch.tensor(float(due and self.rank == 0), device=loss.device)])
+            torch.distributed.all_reduce(flags)
+            shown, bad, due = flags[0] / self.world, bool(flags[1] > 0), bool(flags[2] > 0)
+        else:
+            shown, bad = loss, not torch.isfinite(loss)
+        if bad:
+            raise TrainingError(f"loss is {shown.item()} at step {self.step} (epoch {epoch}); the last good checkpoint "
                                 f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -349,16 +430,18 @@ class Trainer:
             end_hook(self.step, total)
         self.step += 1
         pbar.update(1)
-        if self.step % t["log_every"] == 0 or self.step == total:
-            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", ep=epoch)
-            log.writerow([self.step, epoch, f"{loss.item():.5f}", f"{lr:.6g}", f"{len(xb) / (time.time() - ts):.1f}",
+        if log is not None and (self.step % t["log_every"] == 0 or self.step == total):
+            n_img = len(xb) * self.world
+            pbar.set_postfix(loss=f"{shown.item():.3f}", lr=f"{lr:.3g}", ep=epoch)
+            log.writerow([self.step, epoch, f"{shown.item():.5f}", f"{lr:.6g}", f"{n_img / (time.time() - ts):.1f}",
                           f"{time.time() - t0:.1f}"])
             logf.flush()
             if self.tb is not None:
-                self.tb.add_scalar("train/loss", loss.item(), self.step)
+                self.tb.add_scalar("train/loss", shown.item(), self.step)
                 self.tb.add_scalar("train/lr", lr, self.step)
                 for k, v in getattr(self.model, "last_logs", {}).items():
                     self.tb.add_scalar(f"train/{k}", float(v), self.step)
+        return due
 
     def export(self) -> Path:
         """Write the backbone as a zoo folder ``OUT/export`` (model.safetensors + config.json)."""

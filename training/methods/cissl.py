@@ -26,18 +26,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eval.distributed import is_distributed
+
+from ..distributed import gather_rows
 from .common import Method, mlp
 
 
-def cissl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def cissl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.07,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
     """CISSL loss; ``student`` and ``teacher`` are ``[2B, d]`` head outputs of the same ``2B``
-    representations (view 1 rows first). Computed in fp32."""
+    representations (view 1 rows first). Computed in fp32. ``rows``: only these anchors' terms (one
+    rank's share under torch.distributed), every teacher row still a candidate."""
     n = student.shape[0]
     if n % 2 or teacher.shape[0] != n:
         raise ValueError(f"cissl_loss expects two [2B, d] tensors, got {tuple(student.shape)} and "
                          f"{tuple(teacher.shape)}")
     s = F.normalize(student.float(), dim=1)
     t = F.normalize(teacher.float(), dim=1)
+    if rows is not None:
+        log_q = F.log_softmax(s[rows] @ t.t() / temperature, dim=1)
+        idx = torch.arange(len(rows), device=student.device)
+        return -(log_q[idx, rows] + log_q[idx, (rows + n // 2) % n]).mean() / 2
     log_q = F.log_softmax(s @ t.t() / temperature, dim=1)
     idx = torch.arange(n, device=student.device)
     return -(log_q[idx, idx] + log_q[idx, idx.roll(n // 2)]).mean() / 2
@@ -57,4 +66,9 @@ class CISSL(Method):
     def forward(self, views):
         self._check_views(views, "CISSL")
         z = self.backbone(torch.cat(views))
-        return cissl_loss(self.student(z), self.teacher(z), self.temperature)
+        s, t = self.student(z), self.teacher(z)
+        if is_distributed():  # every rank's rows, gathered with gradients
+            d = s.shape[1]
+            st, rows = gather_rows(torch.cat([s, t], 1))
+            return cissl_loss(st[:, :d], st[:, d:], self.temperature, rows)
+        return cissl_loss(s, t, self.temperature)

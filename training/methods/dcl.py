@@ -26,16 +26,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather_rows
 from .common import Method
 from .simclr import ProjectionHead
 
 
 def debiased_contrastive_loss(z: torch.Tensor, temperature: float = 0.5, tau_plus: float = 0.1,
-                              clamp: bool = True) -> torch.Tensor:
+                              clamp: bool = True, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Debiased contrastive loss over ``z = cat([z1, z2])`` ``[2B, d]``.
 
     Computed in float64 on ``exp((sim - 1) / t)`` (every term scaled by ``e^{-1/t}``, which leaves
-    the loss unchanged) so small temperatures neither overflow nor underflow."""
+    the loss unchanged) so small temperatures neither overflow nor underflow. ``rows``: only these
+    anchors' terms (one rank's share under torch.distributed), every row still a candidate."""
     if not 0 <= tau_plus < 1:
         raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
     n = z.shape[0]
@@ -43,12 +45,19 @@ def debiased_contrastive_loss(z: torch.Tensor, temperature: float = 0.5, tau_plu
         raise ValueError(f"debiased_contrastive_loss expects 2B rows (two views, B >= 2), got {n}")
     b = n // 2
     u = F.normalize(z.float(), dim=1)
-    sim = (u @ u.t()).double()
-    idx = torch.arange(n, device=z.device)
-    pos_idx = idx.roll(b)
+    if rows is None:
+        sim = (u @ u.t()).double()
+        idx = torch.arange(n, device=z.device)
+        pos_idx = idx.roll(b)
+        cols = idx
+    else:
+        sim = (u[rows] @ u.t()).double()
+        idx = torch.arange(len(rows), device=z.device)
+        pos_idx = (rows + b) % n
+        cols = rows
     e = torch.exp((sim - 1.0) / temperature)
-    mask = torch.ones(n, n, dtype=torch.bool, device=z.device)
-    mask[idx, idx] = False
+    mask = torch.ones(sim.shape, dtype=torch.bool, device=z.device)
+    mask[idx, cols] = False
     mask[idx, pos_idx] = False
     neg = (e * mask).sum(1)
     log_pos = (sim[idx, pos_idx] - 1.0) / temperature
@@ -78,4 +87,5 @@ class DCL(Method):
     def forward(self, views):
         self._check_views(views, "DCL")
         z = self.head(self.backbone(torch.cat(views)))
-        return debiased_contrastive_loss(z, self.temperature, self.tau_plus, self.clamp)
+        z, rows = gather_rows(z)  # (z, None) in a single process
+        return debiased_contrastive_loss(z, self.temperature, self.tau_plus, self.clamp, rows)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_mean
 from .common import (
     Method,
     cosine_momentum,
@@ -66,7 +67,8 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out) -> None:
-        batch_center = torch.cat([t.detach().float() for t in teacher_out]).mean(0, keepdim=True)
+        # the mean over every rank's batch under torch.distributed (equal per-rank batches)
+        batch_center = all_reduce_mean(torch.cat([t.detach().float() for t in teacher_out]).mean(0, keepdim=True))
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
@@ -109,6 +111,7 @@ class DINOHead(nn.Module):
 
 class DINO(Method):
     multicrop = True
+    ddp_find_unused_parameters = True  # the last layer gets no gradient while it is frozen
 
     def __init__(self, backbone, *, out_dim: int = 65536, proj_hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  use_bn: bool = False, student_temp: float = 0.1, teacher_temp: float = 0.04,

@@ -30,22 +30,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eval.distributed import is_distributed, world_size
+
+from ..distributed import all_reduce_sum
 from .common import Method, encode_crops, split_crops
 
 
-def marginal_entropy(p: torch.Tensor) -> torch.Tensor:
+def marginal_entropy(p: torch.Tensor, global_batch: bool = False) -> torch.Tensor:
     """Entropy (nats) of the batch marginal ``mean_b p[b]`` of probabilities ``p`` ``[B, C]``;
-    maximal (``log C``) when the marginal is uniform."""
-    pm = p.mean(0)
+    maximal (``log C``) when the marginal is uniform. ``global_batch``: the marginal of the batch of
+    every rank under torch.distributed (a sum all-reduced with gradients; equal per-rank batches)."""
+    if global_batch and is_distributed():
+        pm = all_reduce_sum(p.sum(0)) / (p.shape[0] * world_size())
+    else:
+        pm = p.mean(0)
     return -torch.special.xlogy(pm, pm).sum()
 
 
 def dissl_loss(teacher_logits: list[torch.Tensor], student_logits: list[torch.Tensor], *, lam: float = 2.3,
                beta: float = 0.8, teacher_temp: float = 0.5, student_temp: float = 1.0,
-               distill_weight: float = 1.0, return_terms: bool = False):
+               distill_weight: float = 1.0, return_terms: bool = False, global_marginal: bool = False):
     """DISSL loss. ``teacher_logits``: one ``[B, C]`` tensor per large crop; ``student_logits``: one
     per crop, the first ``len(teacher_logits)`` being the same crops as the teacher's. Computed in
-    fp32. With ``return_terms`` also returns ``dict(H_M, CE_det_inv, CE_distill)`` (detached)."""
+    fp32. With ``return_terms`` also returns ``dict(H_M, CE_det_inv, CE_distill)`` (detached).
+    ``global_marginal``: ``H_M`` of the marginal over every rank's batch (torch.distributed); the
+    other terms are per-example means, whose rank average DDP's gradient average already takes."""
     nt = len(teacher_logits)
     if nt < 2 or len(student_logits) < nt:
         raise ValueError(f"dissl_loss needs >= 2 teacher crops and at least as many student crops, got {nt} and "
@@ -53,7 +62,7 @@ def dissl_loss(teacher_logits: list[torch.Tensor], student_logits: list[torch.Te
     p = [F.softmax(t.float() / teacher_temp, dim=-1) for t in teacher_logits]
     logp = [F.log_softmax(t.float() / teacher_temp, dim=-1) for t in teacher_logits]
     logq = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_logits]
-    h_m = torch.stack([marginal_entropy(pi) for pi in p]).mean()
+    h_m = torch.stack([marginal_entropy(pi, global_marginal) for pi in p]).mean()
     det_inv = torch.stack([-(p[i] * logp[k]).sum(-1).mean() for i in range(nt) for k in range(nt) if k != i]).mean()
     distill = torch.stack([-(p[i] * logq[j]).sum(-1).mean() for i in range(nt) for j in range(len(logq))
                            if j != i]).mean()
@@ -122,6 +131,6 @@ class DISSL(Method):
             w = min(1.0, (self.step + 1) / self.distill_warmup_steps)
         loss, terms = dissl_loss(list(t_logits), list(s_logits), lam=self.lam, beta=self.beta,
                                  teacher_temp=self.teacher_temp, student_temp=self.student_temp, distill_weight=w,
-                                 return_terms=True)
+                                 return_terms=True, global_marginal=True)
         self.last_logs = terms  # detached tensors; the trainer reads them when it logs
         return loss

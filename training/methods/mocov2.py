@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_gather_nograd
 from .common import Method, cosine_momentum, ema_update_, frozen_copy, mlp
 
 
@@ -88,7 +89,9 @@ class MoCoV2(Method):
         else:
             loss = moco_loss(q, k, queue, self.temperature)
         if self.training:
-            self._pending = k.detach()  # enqueued after the optimiser step (on_train_step)
+            # enqueued after the optimiser step (on_train_step); under torch.distributed the keys of
+            # every rank, in rank order, so every rank's queue stays the same
+            self._pending = all_gather_nograd(k.detach())
         return loss
 
     def momentum(self, step: int, total_steps: int) -> float:

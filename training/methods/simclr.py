@@ -15,14 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import gather_rows
 
-def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """NT-Xent over ``z`` = ``cat([z1, z2])`` of shape ``[2B, d]``; computed in fp32."""
+
+def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """NT-Xent over ``z`` = ``cat([z1, z2])`` of shape ``[2B, d]``; computed in fp32.
+
+    ``rows``: only these anchors' terms (mean over them), every row still a candidate -- one rank's
+    share of the global loss under torch.distributed (:func:`training.distributed.gather_rows`)."""
     z = F.normalize(z.float(), dim=1)
     n = z.shape[0]
     if n % 2:
         raise ValueError(f"nt_xent_loss expects an even number of rows (two views), got {n}")
     b = n // 2
+    if rows is not None:
+        logits = z[rows] @ z.t() / temperature
+        logits[torch.arange(len(rows), device=z.device), rows] = float("-inf")
+        return F.cross_entropy(logits, (rows + b) % n)
     logits = z @ z.t() / temperature
     logits.fill_diagonal_(float("-inf"))
     target = torch.arange(n, device=z.device).roll(b)
@@ -57,4 +66,5 @@ class SimCLR(nn.Module):
         if len(views) != 2:
             raise ValueError(f"SimCLR takes 2 views, got {len(views)}")
         z = self.head(self.backbone(torch.cat(views)))
-        return nt_xent_loss(z, self.temperature)
+        z, rows = gather_rows(z)  # (z, None) in a single process
+        return nt_xent_loss(z, self.temperature, rows)
