@@ -268,7 +268,7 @@ def test_extra_data_repeat_and_unlabelled_images_never_vote(tiny_npz, tmp_path):
     gen = _fake_npz(tmp_path / "gen.npz", n=16, size=12, chans=1, label=-1)
     t = Trainer(_cfg(tiny_npz, **{"data.extra": f"npz:{gen}", "data.repeat": 2}), tmp_path / "e", device="cpu")
     x, y = t._load_data()
-    assert len(x) == 2 * 64 + 16 and int((y < 0).sum()) == 16
+    assert len(x) == 64 + 16 and t.epoch_size(x) == 2 * 64 + 16 and int((y < 0).sum()) == 16  # copies are virtual
     acc = t.monitor(x, y)  # the kNN probe refuses labels < 0, so they must have been left out
     assert 0.0 <= acc <= 1.0
 

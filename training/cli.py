@@ -49,7 +49,10 @@ def main(argv=None) -> int:
     from zoo.publish import add_parser as add_publish
     from zoo.registry import UnknownModel
 
+    from .adainf import InflationError
     from .config import ConfigError
+    from .data_cli import add_adainf_parser, add_subset_parser
+    from .subsets import SubsetError
     from .trainer import TrainingError
 
     parser = argparse.ArgumentParser(prog="sslzoo", description="self-supervised encoders: zoo, probes, training")
@@ -59,10 +62,13 @@ def main(argv=None) -> int:
     add_publish(sub)
     add_eval(sub)
     add_train_parser(sub)
+    add_subset_parser(sub)
+    add_adainf_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, WeightsError, UnknownModel, ConfigError, TrainingError, ValueError) as e:
+    except (DatasetError, WeightsError, UnknownModel, ConfigError, TrainingError, SubsetError, InflationError,
+            ValueError) as e:
         print(f"sslzoo {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

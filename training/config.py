@@ -41,12 +41,15 @@ DEFAULTS: dict = {
               "in_chans": 3, "expand_dim": None, "expand_mid": 512},
     # extra: an additional train set appended to the data (e.g. AdaInf's generated images, labels -1);
     # repeat: copies of the real data (AdaInf's "dup").
+    # subset: a subset index file (.pkl list / .json, see training/subsets.py) applied to the real data
+    # before it is repeated.
     "data": {"dataset": "fashion-mnist", "root": None, "download": False, "split": "train", "extra": None,
-             "repeat": 1},
+             "repeat": 1, "subset": None},
     # ViewAugment fields (training/augment.py; version 2 = torchvision semantics), then the trainer's own:
     # small_*: multi-crop (2 large crops of ``size`` + ``small_crops`` crops of ``small_size`` with scale
-    # ``small_scale``); view2: fields of the second large view that differ (asymmetric augmentation).
-    "augment": {"size": 32, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333], "flip_p": 0.5, "brightness": 0.4,
+    # ``small_scale``); view2: fields of the second large view that differ (asymmetric augmentation);
+    # preset: one of training.adainf.AUGMENT_PRESETS, applied under the recipe's own augment fields.
+    "augment": {"preset": None, "size": 32, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333], "flip_p": 0.5, "brightness": 0.4,
                 "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "jitter_p": 0.8, "grayscale_p": 0.2,
                 "blur_p": 0.0, "blur_kernel": 3, "blur_sigma": [0.1, 2.0], "mean": [0.5], "std": [0.5],
                 "interpolation": "bilinear", "antialias": True, "solarize_p": 0.0, "solarize_threshold": 0.5,
@@ -54,6 +57,7 @@ DEFAULTS: dict = {
                 "small_crops": 0, "small_size": None, "small_scale": [0.05, 0.4], "view2": None},
     # name: sgd | adam | adamw | lars; schedule: warmup_cosine | constant; warmup_steps overrides
     # warmup_epochs; weight_decay_end: cosine weight-decay schedule (DINO); grad_clip_*: None = off.
+    # epochs: null = a step budget: the run is train.max_steps steps whatever the data size (AdaInf).
     "optim": {"name": "sgd", "lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
               "betas": [0.9, 0.999], "batch_size": 256, "epochs": 100, "warmup_epochs": 5,
               "min_lr_ratio": 0.0, "schedule": "warmup_cosine", "warmup_steps": None, "weight_decay_end": None,
@@ -98,6 +102,10 @@ def _merge_method(base: dict, new) -> dict:
     return _merge(start, new, "method.")
 
 
+# mappings that are values, not sections: set as a whole
+_LEAF_MAPPINGS = ("augment.view2",)
+
+
 def _merge(base: dict, new: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for k, v in (new or {}).items():
@@ -106,6 +114,10 @@ def _merge(base: dict, new: dict, where: str = "") -> dict:
             raise ConfigError(f"unknown config key {path!r}{_closest(k, base)}")
         if path == "method":
             out[k] = _merge_method(base[k], v)
+        elif path in _LEAF_MAPPINGS:
+            if v is not None and not isinstance(v, dict):
+                raise ConfigError(f"config key {path!r} must be a mapping of fields or null, got {v!r}")
+            out[k] = copy.deepcopy(v)
         elif isinstance(base[k], dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"config key {path!r} is a section; set its fields, e.g. {path}.<key>=...")
@@ -228,7 +240,26 @@ def load_recipe(recipe: str | dict, overrides: list[str] | None = None) -> dict:
     else:
         path = resolve_recipe_path(recipe)
         raw = _resolve_bases(_read_yaml(path), path.parent, (str(path.resolve()),))
-    cfg = _merge(DEFAULTS, raw)
-    for item in overrides or []:
-        cfg = _merge(cfg, parse_override(item))
+    layers = [parse_override(item) for item in overrides or []]
+    cfg = _merge(DEFAULTS, _preset_layer([raw] + layers))
+    cfg = _merge(cfg, raw)
+    for layer in layers:
+        cfg = _merge(cfg, layer)
     return cfg
+
+
+def _preset_layer(layers: list) -> dict:
+    """The augment fields of the last ``augment.preset`` named in the recipe or the overrides; they are
+    applied first, so every augment field the recipe or ``--set`` names explicitly wins."""
+    name = None
+    for layer in layers:
+        a = layer.get("augment") if isinstance(layer, dict) else None
+        if isinstance(a, dict) and "preset" in a:
+            name = a["preset"]
+    if name is None:
+        return {}
+    from .adainf import AUGMENT_PRESETS
+
+    if not isinstance(name, str) or name not in AUGMENT_PRESETS:
+        raise ConfigError(f"unknown augment.preset {name!r}{_closest_name(name, AUGMENT_PRESETS)}")
+    return {"augment": copy.deepcopy(AUGMENT_PRESETS[name])}

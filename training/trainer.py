@@ -43,7 +43,7 @@ from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
 __all__ = ["Trainer", "TrainingError", "build_model", "build_optimizer", "build_view_augments", "warmup_cosine"]
 
 # augment.* fields the trainer reads itself; every other field is a ViewAugment argument
-_VIEW_KEYS = ("small_crops", "small_size", "small_scale", "view2")
+_VIEW_KEYS = ("preset", "small_crops", "small_size", "small_scale", "view2")
 
 
 class TrainingError(RuntimeError):
@@ -162,20 +162,34 @@ class Trainer:
         self.step = 0
         self.steps_per_epoch = 1
         self.tb = None
+        self.n_real = 0  # images of the real set (after data.subset), before data.repeat
+        self.repeat = 1
 
     # ------------------------------------------------------------------ data
     def _load_data(self):
+        """The distinct training images ``x`` (uint8 ``[N, C, H, W]``) and labels ``y``: the real set
+        (restricted to ``data.subset``), then the ``data.extra`` images. ``data.repeat`` copies of the
+        real set are virtual: :meth:`epoch_size` counts them and :meth:`source_index` maps a position
+        in the inflated epoch to its image."""
         d = self.cfg["data"]
         split = load_split(d["dataset"], d["split"], root=d["root"], download=d["download"])
         x, y = _split_tensor(split, d["dataset"]), torch.as_tensor(split.targets)
         if x.shape[1] != self.cfg["model"]["in_chans"]:
             raise ConfigError(f"{d['dataset']} has {x.shape[1]} channels but model.in_chans="
                               f"{self.cfg['model']['in_chans']}; set model.in_chans={x.shape[1]}")
+        if d["subset"]:
+            from .subsets import SubsetError, check_indices, read_subset_file
+
+            try:
+                idx = check_indices(read_subset_file(d["subset"]).indices, len(x), f"data.subset {d['subset']}",
+                                    f"{d['dataset']}/{d['split']}")
+            except SubsetError as e:
+                raise ConfigError(str(e)) from None
+            x, y = x[idx], y[idx]
         rep = int(d["repeat"])
         if rep < 1:
             raise ConfigError(f"data.repeat must be >= 1, got {rep}")
-        if rep > 1:
-            x, y = x.repeat(rep, 1, 1, 1), y.repeat(rep)
+        self.n_real, self.repeat = len(x), rep
         if d["extra"]:
             extra = load_split(d["extra"], "train", root=d["root"], download=d["download"])
             xe = _split_tensor(extra, d["extra"])
@@ -185,11 +199,23 @@ class Trainer:
             x, y = torch.cat([x, xe]), torch.cat([y, torch.as_tensor(extra.targets).to(y.dtype)])
         return x, y
 
+    def epoch_size(self, x) -> int:
+        """Images per epoch: ``repeat`` copies of the real set plus the extra images."""
+        return self.n_real * self.repeat + (len(x) - self.n_real)
+
+    def source_index(self, pos: torch.Tensor) -> torch.Tensor:
+        """Position in the inflated epoch -> row of ``x`` (the same order as materialised copies)."""
+        if self.repeat == 1:
+            return pos
+        inflated = self.n_real * self.repeat
+        return torch.where(pos < inflated, pos % self.n_real, pos - (inflated - self.n_real))
+
     # ------------------------------------------------------------------ monitor
     @torch.no_grad()
     def monitor(self, x, y) -> float:
         """kNN (k=20, T=0.07) accuracy: memory bank = ``monitor_size`` train images, queries = the
-        last ``monitor_val_size`` train images (disjoint). Test data is never touched."""
+        last ``monitor_val_size`` train images (disjoint; each distinct image once, so a repeated real
+        set cannot put a query's own copy in the bank). Test data is never touched."""
         from eval.probes import knn_probe
 
         t = self.cfg["train"]
@@ -293,7 +319,7 @@ class Trainer:
         main = self.rank == 0
         # bad data, sizes, schedules and checkpoints fail before anything is written
         x, y = self._load_data()
-        n = len(x)
+        n = self.epoch_size(x)
         bs = o["batch_size"]
         if bs % self.world:
             raise ConfigError(f"optim.batch_size {bs} (the global batch) is not divisible by the {self.world} "
@@ -302,10 +328,18 @@ class Trainer:
         steps_per_epoch = n // bs
         if steps_per_epoch == 0:
             raise ConfigError(f"batch_size {bs} is larger than the dataset ({n} images); lower optim.batch_size")
-        total = steps_per_epoch * o["epochs"]
-        if t["max_steps"]:
-            total = min(total, int(t["max_steps"]))
-        warmup = steps_per_epoch * o["warmup_epochs"] if o["warmup_steps"] is None else int(o["warmup_steps"])
+        if o["epochs"] is None:  # step budget: the same compute whatever the data (AdaInf's max_steps)
+            if not t["max_steps"]:
+                raise ConfigError("optim.epochs=null is a step budget and needs train.max_steps (e.g. 100000)")
+            total = int(t["max_steps"])
+            # warm-up in epochs of the real data, so inflating the data does not stretch it
+            warmup = (max(1, self.n_real // bs) * o["warmup_epochs"] if o["warmup_steps"] is None
+                      else int(o["warmup_steps"]))
+        else:
+            total = steps_per_epoch * o["epochs"]
+            if t["max_steps"]:
+                total = min(total, int(t["max_steps"]))
+            warmup = steps_per_epoch * o["warmup_epochs"] if o["warmup_steps"] is None else int(o["warmup_steps"])
         lr_multiplier(o["schedule"], 0, total, warmup)
         self.steps_per_epoch = steps_per_epoch
         ckpt = self.out / "checkpoint.pt"
@@ -345,8 +379,8 @@ class Trainer:
                 while batch < steps_per_epoch and self.step < stop:
                     start = batch * bs + lo
                     late = self.world > 1 and time.time() - last_ckpt > 60 * t["checkpoint_minutes"]
-                    due = self._train_step(x[perm[start:start + local_bs]], total, warmup, epoch, ckpt, log, logf,
-                                           pbar, t0, late)
+                    rows = self.source_index(perm[start:start + local_bs])
+                    due = self._train_step(x[rows], total, warmup, epoch, ckpt, log, logf, pbar, t0, late)
                     batch += 1
                     if self.world == 1:
                         due = time.time() - last_ckpt > 60 * t["checkpoint_minutes"]

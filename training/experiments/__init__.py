@@ -1,0 +1,1 @@
+"""Data-centric experiments (issue 6): SAS subsets and AdaInf inflation on Fashion-MNIST."""

@@ -1,0 +1,136 @@
+"""Shared pieces of the data-centric experiments: a resumable results file, one training run under a
+fixed step budget followed by the harness's probes, mean ± std summaries, a markdown table, a plot.
+
+Every cell (one training run + probes) is a key in ``OUT/results.json``, rewritten atomically after
+each cell, so an interrupted experiment resumes by skipping finished cells (a half-trained cell
+resumes from its own checkpoint in ``OUT/runs/KEY``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.io import atomic_write_text
+
+RECIPE = "simclr_fashion_mnist_cpu"
+
+
+class Results:
+    """``OUT/results.json``: ``{"settings": {...}, "cells": {key: record}}``."""
+
+    def __init__(self, out: Path, settings: dict):
+        self.path = Path(out) / "results.json"
+        self.settings = settings
+        self.cells: dict = {}
+        if self.path.is_file():
+            doc = json.loads(self.path.read_text())
+            if doc.get("settings") != settings:
+                diff = sorted(k for k in set(settings) | set(doc.get("settings", {}))
+                              if settings.get(k) != doc.get("settings", {}).get(k))
+                raise SystemExit(f"{self.path} was written with other settings ({', '.join(diff)}); "
+                                 f"use another --out or the same settings to resume")
+            self.cells = doc.get("cells", {})
+
+    def done(self, key: str) -> bool:
+        return key in self.cells
+
+    def put(self, key: str, record: dict) -> None:
+        self.cells[key] = record
+        atomic_write_text(self.path, json.dumps({"settings": self.settings, "cells": self.cells}, indent=1) + "\n")
+
+
+def budget_overrides(budget_steps: int, seed: int, batch_size: int) -> list:
+    """A fixed compute budget: exactly ``budget_steps`` steps of ``batch_size`` images whatever the
+    data size, a warm-up of 5% of it, no online monitor (the probes come after)."""
+    return ["optim.epochs=null", f"train.max_steps={budget_steps}", f"optim.warmup_steps={max(1, budget_steps // 20)}",
+            f"optim.batch_size={batch_size}", f"train.seed={seed}", "train.monitor_every_epochs=0",
+            "train.tensorboard=false", "train.checkpoint_minutes=2"]
+
+
+def preset_overrides(name: str) -> list:
+    """The fields of an AdaInf augmentation preset as explicit ``--set`` overrides (so they win over
+    the recipe's own augment fields)."""
+    from training.adainf import AUGMENT_PRESETS
+
+    out = []
+    for k, v in AUGMENT_PRESETS[name].items():
+        out.append(f"augment.{k}={json.dumps(v) if v is not None else 'null'}")
+    return out
+
+
+def train_and_probe(out_dir: Path, overrides: list, probe_data, *, probe_train: int | None = None) -> dict:
+    """Train ``RECIPE`` with ``overrides`` (resumable in ``out_dir``), then the harness's linear probe
+    (L2 chosen on a split of train) and kNN (k=20, T=0.07) on frozen features of Fashion-MNIST."""
+    from eval.features import extract
+    from eval.probes import knn_probe, linear_probe
+    from training.config import load_recipe
+    from training.trainer import Trainer
+    from zoo.hub import create_model
+
+    cfg = load_recipe(RECIPE, overrides)
+    t0 = time.time()
+    trainer = Trainer(cfg, out_dir, device="cpu")
+    if not (out_dir / "export" / "model.safetensors").is_file():
+        trainer.fit(resume=True)
+    train_s = time.time() - t0
+    model = create_model(out_dir / "export")
+    tr, te = probe_data
+    t1 = time.time()
+    ftr, ytr = extract(model, tr, cache=False, desc="probe features train")
+    fte, yte = extract(model, te, cache=False, desc="probe features test")
+    if probe_train and probe_train < len(ytr):
+        keep = torch.as_tensor(np.random.default_rng(0).permutation(len(ytr))[:probe_train])
+        ftr, ytr = ftr[keep], ytr[keep]
+    lin = linear_probe(ftr, ytr, fte, yte)
+    knn = knn_probe(ftr, ytr, fte, yte, k=20, temperature=0.07)
+    return {"linear": 100 * lin["accuracy"], "linear_l2": lin["l2"], "knn20": 100 * knn["accuracy"],
+            "steps": int(cfg["train"]["max_steps"]), "train_images": trainer.epoch_size(trainer._load_data()[0]),
+            "train_s": round(train_s, 1), "probe_s": round(time.time() - t1, 1)}
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = [float(x) for x in values]
+    if not v:
+        return math.nan, math.nan
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else math.nan)
+
+
+def fmt(m: float, s: float) -> str:
+    if math.isnan(m):
+        return "–"
+    return f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
+
+
+def write_outputs(out: Path, stem: str, table_md: str, rows: list) -> None:
+    """``OUT/STEM.md`` and ``OUT/STEM.csv`` (atomic)."""
+    import csv
+    import io
+
+    atomic_write_text(out / f"{stem}.md", table_md)
+    if rows:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(out / f"{stem}.csv", buf.getvalue())
+
+
+def save_plot(fig, path: Path) -> None:
+    import io
+
+    from zoo.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fashion_mnist_probe_data(root=None):
+    from eval.datasets import load_split
+
+    return load_split("fashion-mnist", "train", root=root), load_split("fashion-mnist", "test", root=root)
