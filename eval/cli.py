@@ -21,9 +21,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or zoo folder (default {DEFAULT_MODEL})")
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help="catalogue name, folder:PATH or npz:PATH (default fashion-mnist)")
-    p.add_argument("--probes", default="linear,fewshot,knn")
+    p.add_argument("--probes", default="linear,fewshot,knn",
+                   help="any of linear, fewshot, knn (frozen features) and finetune (trains the encoder: slow)")
     p.add_argument("--shots", default="1,5,10,20,50,100", help="few-shot k per class")
-    p.add_argument("--seeds", default="0,1,2", help="few-shot seeds")
+    p.add_argument("--seeds", default="0,1,2", help="few-shot (and finetune) seeds")
+    p.add_argument("--fractions", default="0.01,0.1,1.0", help="finetune: label fractions of train")
+    p.add_argument("--finetune-epochs", type=int, default=30, help="finetune: epochs per learning rate")
+    p.add_argument("--finetune-lrs", default="0.01,0.03,0.1", help="finetune: learning-rate grid")
     p.add_argument("--baselines", default="pixels,random-init",
                    help="extra rows: pixels, random-init (same architecture untrained); 'none' for none")
     p.add_argument("--root", default=None, help="dataset folder (default $SSLZOO_DATA/<name>)")
@@ -76,28 +80,54 @@ def run_eval(args) -> int:
         for suffix in (".md", ".csv", ".json"):
             check_out_path(out.with_suffix(suffix))
     baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
+    probes = parse_probes(args.probes)
+    frozen = [p for p in probes if p != "finetune"]
+    seeds = _int_list(args.seeds, "--seeds")
     info: dict = {}
+    rows = []
+    if "finetune" in probes:  # the protocol trains the encoder, so it lives in training/ (imported only when asked)
+        from training.finetune import parse_fractions, parse_lrs
+
+        fractions, lrs = parse_fractions(args.fractions), parse_lrs(args.finetune_lrs)  # bad input before any work
+        if args.finetune_epochs < 1:
+            raise ValueError(f"--finetune-epochs must be >= 1, got {args.finetune_epochs}")
     from . import distributed as D
 
     D.init_from_env()  # under torchrun: join the process group; rank 0 alone prints
     try:
-        rows = evaluate(args.model, args.dataset, probes=parse_probes(args.probes),
-                        shots=_int_list(args.shots, "--shots"), seeds=_int_list(args.seeds, "--seeds"),
-                        baselines=baselines, root=args.root, download=args.download, precision=args.precision,
-                        batch_size=args.batch_size, cache=not args.no_cache, force=args.force, info=info,
-                        feature_store=args.feature_store, store_dtype=args.store_dtype)
+        if frozen:
+            rows += evaluate(args.model, args.dataset, probes=frozen, shots=_int_list(args.shots, "--shots"),
+                             seeds=seeds, baselines=baselines, root=args.root, download=args.download,
+                             precision=args.precision, batch_size=args.batch_size, cache=not args.no_cache,
+                             force=args.force, info=info, feature_store=args.feature_store,
+                             store_dtype=args.store_dtype)
         if not D.is_main():
             return 0
     finally:
         D.shutdown()
+    if "finetune" in probes:
+        from training.finetune import evaluate_finetune
+
+        ft_info: dict = {}
+        rows += evaluate_finetune(args.model, args.dataset, fractions=fractions, seeds=seeds, lrs=lrs,
+                                  epochs=args.finetune_epochs, root=args.root, download=args.download,
+                                  force=args.force or args.no_cache, info=ft_info)
+        for k in ("reused", "computed"):
+            info[k] = info.get(k, 0) + ft_info[k]
     df = make_table(rows)
     if out is not None:
         for suffix in (".md", ".csv", ".json"):
             write_table(df, out.with_suffix(suffix))
     print(render_summary(df) if args.format == "md" else render(df, args.format))
     if args.format == "md":
-        print("protocols: linear = logistic regression, L2 chosen on a 10% validation split of train, refit on all "
-              "train; knn = cosine, weights exp(s/T); few-shot = k per class, mean ± std over seeds; all on test.")
+        if frozen:
+            print("protocols: linear = logistic regression, L2 chosen on a 10% validation split of train, refit on "
+                  "all train; knn = cosine, weights exp(s/T); few-shot = k per class, mean ± std over seeds; all on "
+                  "test.")
+        if "finetune" in probes:
+            from training.finetune import PROTOCOL_NOTE
+
+            print(PROTOCOL_NOTE)
         if info.get("reused"):
             print(f"{info['reused']} of {info['reused'] + info['computed']} results came from the results store "
                   f"(same model, weights, data, protocol, seed and code version); --force recomputes them.")

@@ -23,10 +23,13 @@ from .features import Pixels, cache_key, extract, model_fingerprint, sslzoo_home
 from .probes import fewshot_probe, knn_probe, linear_probe
 from .store import Result, ResultStore, aggregate, code_version
 
-__all__ = ["PROBES", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes", "evaluate",
-           "check_inputs"]
+__all__ = ["PROBES", "CLI_PROBES", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
+           "evaluate", "check_inputs", "model_label", "dataset_label", "data_fingerprint"]
 
-PROBES = ("linear", "fewshot", "knn")
+PROBES = ("linear", "fewshot", "knn")  # frozen-feature probes, run here
+#: what ``sslzoo eval --probes`` accepts: the frozen probes plus ``finetune``, which trains the encoder
+#: and so runs in training/finetune.py (``evaluate_finetune``); its results share the store and tables
+CLI_PROBES = PROBES + ("finetune",)
 KNN_SETTINGS = ((20, 0.07), (200, 0.1))  # DINO and InstDisc settings
 BASELINES = ("pixels", "random-init")
 LINEAR_VAL_FRACTION = 0.1  # eval.probes.linear_probe's default, recorded with every linear result
@@ -34,15 +37,19 @@ LINEAR_VAL_FRACTION = 0.1  # eval.probes.linear_probe's default, recorded with e
 
 def parse_probes(spec: str) -> list[str]:
     items = [p.strip() for p in spec.split(",") if p.strip()]
-    bad = [p for p in items if p not in PROBES]
+    bad = [p for p in items if p not in CLI_PROBES]
     if bad or not items:
-        raise ValueError(f"unknown probe(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PROBES)}")
+        raise ValueError(f"unknown probe(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(CLI_PROBES)}")
     return list(dict.fromkeys(items))
 
 
-def _label(model_spec: str) -> str:
+def model_label(model_spec) -> str:
+    """The name a model gets in the store and tables: a folder's name, else the registry name."""
     p = Path(model_spec)
-    return p.name if p.exists() else model_spec
+    return p.name if p.exists() else str(model_spec)
+
+
+_label = model_label
 
 
 def _check_classes(train, test) -> None:
@@ -90,11 +97,20 @@ def check_inputs(train, test, probes, shots, seeds) -> None:
                              f"use --shots with every k <= {n_min}")
 
 
-def _dataset_label(dataset: str, split) -> str:
+def dataset_label(dataset: str, split) -> str:
+    """The dataset name stored with a result (``folder:NAME`` / ``npz:NAME`` / catalogue name)."""
     if dataset.startswith(("folder:", "npz:")):
         kind, path = dataset.split(":", 1)
         return f"{kind}:{Path(path).name}"
     return split.name  # the catalogue's canonical name (fmnist -> fashion-mnist)
+
+
+_dataset_label = dataset_label
+
+
+def data_fingerprint(train, test) -> str:
+    """sha256 over both splits' fingerprints: a result's data identity."""
+    return hashlib.sha256(f"{train.fingerprint()}/{test.fingerprint()}".encode()).hexdigest()
 
 
 def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict) -> list[Result]:
@@ -200,7 +216,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
              baselines=(), root: str | None = None, download: bool = False, precision: str = "fp32",
              batch_size: int = 512, cache: bool = True, save: bool = True, force: bool = False,
              store: ResultStore | None = None, info: dict | None = None, feature_store: bool = False,
-             store_dtype: str = "fp32") -> list[dict]:
+             store_dtype: str = "fp32", label: str | None = None) -> list[dict]:
     """Evaluate ``model_spec`` (+ optional baselines) on ``dataset``; returns table rows (one per model x
     protocol, mean ± std over seeds, see :func:`eval.store.aggregate`).
 
@@ -210,8 +226,14 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
     returns rows (the other ranks return ``[]``).
 
     Stored results with the same key are reused unless ``force`` (or ``cache=False``); new results
-    are stored when ``save``. ``info``, when given, receives ``reused`` and ``computed`` counts."""
+    are stored when ``save``. ``info``, when given, receives ``reused`` and ``computed`` counts.
+    ``label`` names the model in the store and tables (default: the folder's name or registry name).
+
+    ``finetune`` is not a frozen-feature probe: it lives in :func:`training.finetune.evaluate_finetune`."""
     probes = list(dict.fromkeys(probes))
+    if "finetune" in probes:
+        raise ValueError("finetune trains the encoder: run it with training.finetune.evaluate_finetune "
+                         "(sslzoo finetune / sslzoo eval --probes finetune)")
     bad = [p for p in probes if p not in PROBES]
     if bad or not probes:
         raise ValueError(f"unknown probe(s) {', '.join(map(str, bad)) or '(none given)'}; "
@@ -240,9 +262,10 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             raise ValueError(f"{split.name}/{split.split} does not fit {_label(model_spec)}: {e}") from None
     with torch.no_grad():
         _finite(model(x[None]), _label(model_spec), "probe")
-    ds_name = _dataset_label(dataset, train)
-    data_fp = hashlib.sha256(f"{train.fingerprint()}/{test.fingerprint()}".encode()).hexdigest()
-    candidates = [(_label(model_spec), model)]
+    ds_name = dataset_label(dataset, train)
+    data_fp = data_fingerprint(train, test)
+    name = label or model_label(model_spec)
+    candidates = [(name, model)]
     for b in baselines:
         if b == "pixels":
             candidates.append(("pixels", Pixels(model.preprocess)))
@@ -250,7 +273,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             torch.manual_seed(0)
             rnd = create_model(model_spec, pretrained=False)
             rnd.weights_sha256 = None
-            candidates.append((f"{_label(model_spec)} (random init, seed 0)", rnd))
+            candidates.append((f"{name} (random init, seed 0)", rnd))
     own_store = store is None and (save or not force) and main
     if own_store:
         store = ResultStore()

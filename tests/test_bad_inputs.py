@@ -368,7 +368,7 @@ def no_seeds(tmp):
     return args
 
 
-@case(r"unknown probe\(s\) svm; choose from linear, fewshot, knn")
+@case(r"unknown probe\(s\) svm; choose from linear, fewshot, knn, finetune")
 def unknown_probe(tmp):
     return _eval(tmp) + ["--probes", "linear,svm"]
 

@@ -17,6 +17,62 @@ def add_train_parser(sub) -> None:
     p.set_defaults(func=run_train)
 
 
+def add_finetune_parser(sub) -> None:
+    from eval.cli import DEFAULT_DATASET, DEFAULT_MODEL
+
+    from .finetune import BATCH_SIZE, EPOCHS, VAL_FRACTION
+
+    p = sub.add_parser("finetune", help="fine-tune an encoder end to end with a linear head on a fraction of the "
+                                        "labels; results saved with the probes")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or zoo folder (default {DEFAULT_MODEL})")
+    p.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help="catalogue name, folder:PATH or npz:PATH (default fashion-mnist)")
+    p.add_argument("--fractions", default="0.01,0.1,1.0", help="label fractions of train (default 0.01,0.1,1.0)")
+    p.add_argument("--seeds", default="0", help="seeds (label subset, validation split, head init, augmentation)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs per learning rate (default {EPOCHS})")
+    p.add_argument("--lrs", default="0.01,0.03,0.1", help="learning-rate grid, selected on validation")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help=f"validation split carved from train for model selection (default {VAL_FRACTION})")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16", help="bf16 autocast (default) or fp32")
+    p.add_argument("--root", default=None, help="dataset folder (default $SSLZOO_DATA/<name>)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--force", action="store_true", help="recompute results the results store already has")
+    p.add_argument("--out", default=None, help="also write the table to OUT.md / OUT.csv / OUT.json")
+    p.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args) -> int:
+    from eval.cli import _int_list, check_out_path
+    from eval.tables import make_table, render, render_summary, write_table
+
+    from .finetune import PROTOCOL_NOTE, evaluate_finetune, parse_fractions, parse_lrs
+
+    out = None
+    if args.out:
+        out = check_out_path(args.out)
+        for suffix in (".md", ".csv", ".json"):
+            check_out_path(out.with_suffix(suffix))
+    info: dict = {}
+    rows = evaluate_finetune(args.model, args.dataset, fractions=parse_fractions(args.fractions),
+                             seeds=_int_list(args.seeds, "--seeds"), lrs=parse_lrs(args.lrs), epochs=args.epochs,
+                             batch_size=args.batch_size, val_fraction=args.val_fraction, precision=args.precision,
+                             root=args.root, download=args.download, device=args.device, force=args.force, info=info)
+    df = make_table(rows)
+    if out is not None:
+        for suffix in (".md", ".csv", ".json"):
+            write_table(df, out.with_suffix(suffix))
+    print(render_summary(df) if args.format == "md" else render(df, args.format))
+    if args.format == "md":
+        print(PROTOCOL_NOTE)
+        if info.get("reused"):
+            print(f"{info['reused']} of {info['reused'] + info['computed']} results came from the results store; "
+                  f"--force recomputes them.")
+    return 0
+
+
 def run_train(args) -> int:
     """Single process, or one rank of a torchrun job (``docs/distributed.md``): the process group is
     joined from torchrun's environment and left at the end."""
@@ -64,6 +120,7 @@ def main(argv=None) -> int:
     add_train_parser(sub)
     add_subset_parser(sub)
     add_adainf_parser(sub)
+    add_finetune_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 
 from .augment import ViewAugment
 from .optim import param_groups, warmup_cosine
+from .trainer import TrainingError
 
 
 def stratified_subset(y, fraction: float, seed: int, min_per_class: int = 1) -> np.ndarray:
@@ -115,7 +117,7 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y, test_x: torch.T
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = F.cross_entropy(model(xb).float(), yl[idx].to(dev))
                 if not math.isfinite(loss.item()):
-                    raise RuntimeError(f"fine-tuning loss is {loss.item()} at lr {lr}, epoch {epoch}; lower the lrs")
+                    raise TrainingError(f"fine-tuning loss is {loss.item()} at lr {lr}, epoch {epoch}; lower the lrs")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -129,3 +131,153 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y, test_x: torch.T
     test_acc = _accuracy(model, test_x, test_y, size, mean, std, dev, bf16)
     return {"protocol": "finetune", "accuracy": test_acc, **best, "label_fraction": label_fraction,
             "n_labelled": len(lab_idx), "n_val": len(val_idx), "seed": seed}
+
+
+# ----------------------------------------------------------------------------- the eval protocol
+
+#: protocol defaults of ``sslzoo finetune`` / ``sslzoo eval --probes finetune``
+FRACTIONS = (0.01, 0.1, 1.0)
+LRS = (0.01, 0.03, 0.1)
+EPOCHS = 30
+VAL_FRACTION = 0.1
+BATCH_SIZE = 256
+#: what the protocol does besides its parameters; part of every stored result's parameters
+RECIPE = ("SGD nesterov momentum 0.9, no weight decay, 1 warm-up epoch then cosine, zero-initialised linear head, "
+          "random-resized-crop (0.25, 1) + flip, select (lr, epoch) by validation accuracy")
+
+
+def protocol_label(fraction: float) -> str:
+    """``finetune 1% labels``: the protocol column of the tables."""
+    return f"finetune {100 * fraction:g}% labels"
+
+
+def parse_fractions(spec) -> tuple:
+    items = [v.strip() for v in str(spec).split(",") if v.strip()] if isinstance(spec, str) else list(spec)
+    try:
+        out = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"--fractions expects comma-separated label fractions in (0, 1], got {spec!r}") from None
+    if not out:
+        raise ValueError("--fractions needs at least one label fraction, e.g. 0.01,0.1,1.0")
+    bad = [f for f in out if not (math.isfinite(f) and 0 < f <= 1)]
+    if bad:
+        raise ValueError(f"label fraction {bad[0]:g} is outside (0, 1]; use e.g. 0.01 for 1% of the labels")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_lrs(spec) -> tuple:
+    items = [v.strip() for v in str(spec).split(",") if v.strip()] if isinstance(spec, str) else list(spec)
+    try:
+        out = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"--lrs expects comma-separated positive learning rates, got {spec!r}") from None
+    if not out:
+        raise ValueError("--lrs needs at least one learning rate, e.g. 0.01,0.03,0.1")
+    bad = [v for v in out if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"learning rate {bad[0]:g} must be a positive number")
+    return tuple(dict.fromkeys(out))
+
+
+def _images(split, pre) -> torch.Tensor:
+    """A split as uint8 ``[N, C, crop, crop]`` in the model's geometry (channels, resize, centre crop)."""
+    if split.images is not None:
+        x = split.as_tensor()
+        return torch.cat([pre.geometry(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x
+    return torch.stack([pre.geometry(split.get(i)) for i in range(len(split))])
+
+
+def _check_finetune_inputs(train, fractions, seeds, lrs, epochs, batch_size, val_fraction) -> None:
+    if not seeds:
+        raise ValueError("finetune needs at least one seed (--seeds 0,1,2)")
+    if int(epochs) < 1:
+        raise ValueError(f"finetune epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 1:
+        raise ValueError(f"finetune batch size must be >= 1, got {batch_size}")
+    if not (math.isfinite(val_fraction) and 0 < val_fraction < 1):
+        raise ValueError(f"validation fraction must be in (0, 1), got {val_fraction:g}")
+    y = np.asarray(train.targets)
+    classes, counts = np.unique(y[y >= 0], return_counts=True)
+    if len(classes) and counts.min() < 2:
+        c = int(classes[int(np.argmin(counts))])
+        raise ValueError(f"{train.name}: class {c} has 1 labelled train image; fine-tuning needs at least 2 per class "
+                         f"(one for the validation split it selects on)")
+
+
+def evaluate_finetune(model_spec, dataset: str, *, fractions=FRACTIONS, seeds=(0,), lrs=LRS, epochs: int = EPOCHS,
+                      batch_size: int = BATCH_SIZE, val_fraction: float = VAL_FRACTION, precision: str = "bf16",
+                      root: str | None = None, download: bool = False, device: str | None = None,
+                      force: bool = False, save: bool = True, store=None, info: dict | None = None,
+                      label: str | None = None, progress: bool = True) -> list[dict]:
+    """The ``finetune`` protocol for a model (registry name or zoo folder) on a dataset: one result per
+    label fraction x seed, stored in the results store (:mod:`eval.store`) like the frozen probes and
+    reused when already there (``force`` recomputes). Returns the aggregated table rows (mean ± std
+    over seeds, one row per fraction).
+
+    ``precision`` bf16 trains under bf16 autocast (fp32 master weights), fp32 without autocast."""
+    from tqdm.auto import tqdm
+
+    from eval.datasets import load_split
+    from eval.features import model_fingerprint
+    from eval.run import check_inputs, data_fingerprint, dataset_label, model_label
+    from eval.store import Result, ResultStore, aggregate
+    from zoo.hub import create_model
+
+    fractions = parse_fractions(fractions)
+    lrs = parse_lrs(lrs)
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    model = create_model(model_spec, pretrained=True)
+    train = load_split(dataset, "train", root=root, download=download)
+    test = load_split(dataset, "test", root=root, download=download)
+    check_inputs(train, test, ["finetune"], [], seeds)
+    _check_finetune_inputs(train, fractions, seeds, lrs, epochs, batch_size, val_fraction)
+    pre = model.preprocess
+    for split in (train, test):
+        try:
+            pre.geometry(split.get(0))
+        except ValueError as e:
+            raise ValueError(f"{split.name}/{split.split} does not fit {model_label(model_spec)}: {e}") from None
+    name = label or model_label(model_spec)
+    base = dict(model=name, weights_sha256=model_fingerprint(model), dataset=dataset_label(dataset, train),
+                dataset_sha256=data_fingerprint(train, test), probe="finetune", accuracy=float("nan"))
+    common = {"val_fraction": float(val_fraction), "lrs": list(lrs), "epochs": int(epochs),
+              "batch_size": int(batch_size), "precision": precision, "preprocess": pre.to_dict(), "recipe": RECIPE}
+    jobs = [Result(protocol=protocol_label(f), seed=s, params=dict(common, label_fraction=f), **base)
+            for f in fractions for s in seeds]
+    own = store is None
+    if own:
+        store = ResultStore()
+    try:
+        stored = {} if force else store.get_many(j.key for j in jobs)
+        todo = [j for j in jobs if j.key not in stored]
+        if todo:
+            x_tr, x_te = _images(train, pre), _images(test, pre)
+            y_tr, y_te = np.asarray(train.targets), np.asarray(test.targets)
+            keep = y_tr >= 0
+            x_tr, y_tr = x_tr[torch.from_numpy(keep)], y_tr[keep]
+            for j in tqdm(todo, desc=f"{name}: finetune", unit="run", disable=not progress):
+                t0 = time.perf_counter()
+                r = finetune(model, x_tr, y_tr, x_te, y_te, size=pre.crop, mean=pre.mean, std=pre.std,
+                             label_fraction=j.params["label_fraction"], val_fraction=val_fraction, lrs=lrs,
+                             epochs=int(epochs), batch_size=int(batch_size), seed=j.seed, device=device,
+                             bf16=precision == "bf16")
+                j.accuracy = 100 * r["accuracy"]
+                j.extra = {"lr": r["lr"], "epoch": r["epoch"], "val_accuracy": r["val_accuracy"],
+                           "n_labelled": r["n_labelled"], "n_val": r["n_val"],
+                           "wall_s": round(time.perf_counter() - t0, 2)}
+                if save:  # one by one: an interrupted protocol keeps what it finished
+                    store.put([j], replace=True)
+        results = [stored.get(j.key, j) for j in jobs]
+    finally:
+        if own:
+            store.close()
+    if info is not None:
+        info.update(reused=len(jobs) - len(todo), computed=len(todo))
+    return aggregate(results)
+
+
+PROTOCOL_NOTE = ("finetune = encoder + zero-initialised linear head trained end to end on the stated fraction of the "
+                 "train labels; (lr, epoch) chosen on a validation split carved from train, never test; test accuracy "
+                 "of the selected model, mean ± std over seeds.")

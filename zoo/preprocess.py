@@ -56,8 +56,9 @@ class Preprocess:
         raise ValueError(f"images have {c} channels but the model takes {self.in_chans}; convert them to "
                          f"{'RGB' if self.in_chans == 3 else 'grayscale'} first")
 
-    def __call__(self, img) -> torch.Tensor:
-        """PIL image / uint8 ``[C,H,W]`` / uint8 ``[B,C,H,W]`` -> float32 normalised tensor."""
+    def geometry(self, img) -> torch.Tensor:
+        """Channel conversion, resize and centre crop only: uint8 stays uint8 (what fine-tuning
+        augments from); :meth:`__call__` is this followed by scaling and normalisation."""
         if not isinstance(img, torch.Tensor):
             img = TF.pil_to_tensor(img)
         if img.ndim not in (3, 4):
@@ -68,5 +69,10 @@ class Preprocess:
             x = TF.resize(x, self.resize, interpolation=interp, antialias=True)
         if tuple(x.shape[-2:]) != (self.crop, self.crop):
             x = TF.center_crop(x, [self.crop, self.crop])
+        return x
+
+    def __call__(self, img) -> torch.Tensor:
+        """PIL image / uint8 ``[C,H,W]`` / uint8 ``[B,C,H,W]`` -> float32 normalised tensor."""
+        x = self.geometry(img)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         return TF.normalize(x, list(self.mean), list(self.std))

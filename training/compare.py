@@ -1,0 +1,435 @@
+"""Method comparison on Fashion-MNIST at one training budget: ``python -m training.compare``.
+
+Every named method trains from its CPU recipe (``training/recipes/<method>_fashion_mnist_cpu.yaml``:
+its own loss, heads, optimiser and augmentation) with three things made equal by ``--set``
+overrides, so the table compares methods and not budgets:
+
+* the architecture: the model section of ``simclr_d1024_fashion_mnist_cpu`` (ResNet-18 width 16,
+  3x3 stem with max-pool, DISSL expansion block 128 -> 1024), the bundled default model's;
+* the budget: ``--steps`` optimisation steps at batch size ``--batch-size`` (``train.max_steps``; the
+  schedule is a linear warm-up over ``--warmup-fraction`` of the steps, then cosine to 0 at the last
+  step);
+* the data: the train split of ``--dataset`` (no labels used).
+
+Each run (method x training seed) has its own folder ``OUT/runs/<method>_s<seed>``; a finished run
+(``compare.json`` with ``"status": "done"``) is skipped, an interrupted one continues from its
+checkpoint (``Trainer.fit(resume=True)``). The measured wall seconds of each training run are
+recorded. Each export is then evaluated with the harness (:func:`eval.run.evaluate`, results in the
+results store, reused on re-runs): linear (L2 on a validation split of train), kNN k=20 T=0.07 and
+10-shot (seeds 0, 1, 2, averaged per run). The table (``OUT/compare.md`` + ``.csv``, mean ± std over
+training seeds, with budget, seeds and protocols in its header), a per-run table (``OUT/runs.csv``)
+and a bar plot (``OUT/compare.png``) are written atomically.
+
+Default: simclr, dcl (tau_plus 0.05), dcl (tau_plus 0.1), cissl, seeds 0,1,2; ``--methods all`` adds
+mocov2, byol, simsiam, barlow, dino, dissl with ``--extra-seeds`` (default 0).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from zoo.io import atomic_write_bytes, atomic_write_text
+
+from .config import ConfigError, load_recipe
+
+__all__ = ["VARIANTS", "DEFAULT_METHODS", "EXTRA_METHODS", "Run", "plan_runs", "main"]
+
+#: method key -> (recipe, overrides, label in the table)
+VARIANTS: dict = {
+    "simclr": ("simclr_fashion_mnist_cpu", [], "SimCLR"),
+    "dcl_tau0.05": ("dcl_fashion_mnist_cpu", ["method.tau_plus=0.05"], "DCL tau+ 0.05"),
+    "dcl_tau0.1": ("dcl_fashion_mnist_cpu", ["method.tau_plus=0.1"], "DCL tau+ 0.1"),
+    "cissl": ("cissl_fashion_mnist_cpu", [], "CISSL"),
+    "mocov2": ("mocov2_fashion_mnist_cpu", [], "MoCo v2"),
+    "byol": ("byol_fashion_mnist_cpu", [], "BYOL"),
+    "simsiam": ("simsiam_fashion_mnist_cpu", [], "SimSiam"),
+    "barlow": ("barlow_fashion_mnist_cpu", [], "Barlow Twins"),
+    "dino": ("dino_fashion_mnist_cpu", [], "DINO"),
+    "dissl": ("dissl_fashion_mnist_cpu", [], "DISSL"),
+}
+DEFAULT_METHODS = ("simclr", "dcl_tau0.05", "dcl_tau0.1", "cissl")
+EXTRA_METHODS = ("mocov2", "byol", "simsiam", "barlow", "dino", "dissl")
+ARCH_RECIPE = "simclr_d1024_fashion_mnist_cpu"
+DEFAULT_STEPS = 2340  # 20 epochs of Fashion-MNIST train (117 steps of 512)
+FEWSHOT_K = 10
+FEWSHOT_SEEDS = (0, 1, 2)
+#: (column, store protocol label, table header)
+PROTOCOLS = (("linear", "linear", "linear"), ("knn20", "knn k=20 T=0.07", "kNN k=20"),
+             ("fewshot10", f"few-shot k={FEWSHOT_K}", f"{FEWSHOT_K}-shot"))
+# what may differ between an interrupted run's recorded config and today's (it is how runs are stopped)
+_VOLATILE = (("train", "stop_at_step"),)
+
+
+@dataclass
+class Run:
+    method: str
+    seed: int
+    recipe: str
+    overrides: list
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_s{self.seed}"
+
+
+def _ints(spec: str, what: str) -> list:
+    try:
+        out = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} expects comma-separated integers, got {spec!r}") from None
+    if not out:
+        raise ValueError(f"{what} needs at least one seed, e.g. 0,1,2")
+    return list(dict.fromkeys(out))
+
+
+def parse_methods(spec: str) -> list:
+    if spec == "default":
+        return list(DEFAULT_METHODS)
+    if spec == "all":
+        return list(DEFAULT_METHODS + EXTRA_METHODS)
+    items = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+    bad = [m for m in items if m not in VARIANTS]
+    if bad or not items:
+        raise ValueError(f"unknown method {bad[0] if bad else '(none given)'!r}; choose from default, all or "
+                         f"{', '.join(VARIANTS)}")
+    return items
+
+
+def arch_overrides() -> list:
+    """The model section of the d1024 recipe as ``--set`` overrides (one architecture for all)."""
+    model = load_recipe(ARCH_RECIPE)["model"]
+    return [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
+
+
+def plan_runs(methods, seeds, extra_seeds, out: Path, budget: list) -> list:
+    runs = []
+    for m in methods:
+        recipe, own, _ = VARIANTS[m]
+        for s in (extra_seeds if m in EXTRA_METHODS else seeds):
+            runs.append(Run(m, s, recipe, own + budget + [f"train.seed={s}", f"name=compare_{m}_s{s}"],
+                            out / "runs" / f"{m}_s{s}"))
+    return runs
+
+
+def _strip(cfg: dict) -> dict:
+    cfg = json.loads(json.dumps(cfg))
+    for sec, key in _VOLATILE:
+        cfg.get(sec, {}).pop(key, None)
+    return cfg
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
+    """Train ``run`` (skip when done, resume when interrupted); returns its ``compare.json`` record."""
+    from .trainer import Trainer
+
+    cfg = load_recipe(run.recipe, run.overrides + extra_sets)
+    rec_path = run.folder / "compare.json"
+    rec = _read_json(rec_path) or {}
+    export = run.folder / "export" / "model.safetensors"
+    if rec.get("status") == "done" and export.is_file():
+        if _strip(rec.get("config", {})) != _strip(cfg):
+            raise ValueError(f"{run.folder} holds a finished run with another recipe or budget; use another --out "
+                             f"or delete that folder")
+        return rec
+    resume = (run.folder / "checkpoint.pt").is_file()
+    if resume:
+        try:
+            old = yaml.safe_load((run.folder / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            old = None
+        if old is None or _strip(old) != _strip(cfg):
+            raise ValueError(f"{run.folder} holds an interrupted run with another recipe or budget; use another "
+                             f"--out or delete that folder")
+    start_step = 0
+    if resume:
+        import torch
+
+        try:  # where this segment starts: the checkpoint's step (a killed segment left no record)
+            start_step = int(torch.load(run.folder / "checkpoint.pt", map_location="cpu", weights_only=True)["step"])
+        except Exception:  # noqa: BLE001 -- Trainer.fit reports an unreadable checkpoint in one line
+            start_step = -1
+    trainer = Trainer(cfg, run.folder, device=device)
+    segments = list(rec.get("segments", []))
+    result = None
+    start = time.perf_counter()
+    try:
+        result = trainer.fit(resume=resume)
+    finally:
+        segments.append({"start_step": start_step, "end_step": trainer.step,
+                         "wall_s": round(time.perf_counter() - start, 3), "resumed": resume})
+        rec = {"method": run.method, "seed": run.seed, "recipe": run.recipe, "overrides": run.overrides + extra_sets,
+               "status": "running", "segments": segments, "config": cfg}
+        run.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rec_path, json.dumps(rec, indent=1))
+    total = int(cfg["train"]["max_steps"])
+    if result is None or result.name != "model.safetensors" or trainer.step < total:
+        rec["status"] = "stopped"
+    else:
+        rec["status"] = "done"
+        rec["wall_s"] = round(sum(s["wall_s"] for s in segments), 3)
+        # a segment killed without a record (SIGKILL) leaves a gap: its time is unknown
+        rec["wall_complete"] = segments[0]["start_step"] == 0 and all(
+            0 <= b["start_step"] <= a["end_step"] for a, b in zip(segments, segments[1:]))
+    atomic_write_text(rec_path, json.dumps(rec, indent=1))
+    return rec
+
+
+def evaluate_run(run: Run, dataset: str, root, store, batch_size: int) -> dict:
+    """Linear / kNN20 / 10-shot accuracies (percent) of the run's export, via the results store."""
+    from eval.run import evaluate
+
+    rows = evaluate(str(run.folder / "export"), dataset, probes=["linear", "knn", "fewshot"], shots=[FEWSHOT_K],
+                    seeds=list(FEWSHOT_SEEDS), root=root, store=store, label=f"compare/{run.name}",
+                    batch_size=batch_size)
+    by = {r["protocol"]: r["accuracy_mean"] for r in rows}
+    return {col: by[label] for col, label, _ in PROTOCOLS}
+
+
+# ----------------------------------------------------------------------------- table + plot
+
+def _mean_std(vals):
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    m = math.fsum(vals) / len(vals)
+    sd = math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return m, sd
+
+
+def _fmt(m, sd):
+    if m is None:
+        return "-"
+    return f"{m:.2f}" if sd is None else f"{m:.2f} ± {sd:.2f}"
+
+
+def summarise(runs, records, accs) -> list:
+    rows = []
+    for m in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == m and r.name in accs]
+        if not mine:
+            continue
+        row = {"method": m, "label": VARIANTS[m][2], "recipe": VARIANTS[m][0], "method_overrides": " ".join(VARIANTS[m][1]),
+               "seeds": ",".join(str(r.seed) for r in mine), "n_runs": len(mine)}
+        for col, _, _ in PROTOCOLS:
+            vals = [accs[r.name][col] for r in mine]
+            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(vals)
+            row[f"{col}_per_seed"] = ",".join(f"{v:.4f}" for v in vals)
+        walls = [records[r.name].get("wall_s") for r in mine]
+        row["wall_s_mean"], row["wall_s_std"] = _mean_std(walls)
+        row["wall_complete"] = all(records[r.name].get("wall_complete", False) for r in mine)
+        rows.append(row)
+    return rows
+
+
+def render_md(rows, header: list) -> str:
+    from tabulate import tabulate
+
+    body = []
+    for r in rows:
+        wall = "-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}" + ("" if r["wall_complete"] else " †")
+        body.append([r["label"], r["seeds"]] + [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c, _, _ in PROTOCOLS] + [wall])
+    table = tabulate(body, headers=["method", "training seeds"] + [f"{h} (%)" for _, _, h in PROTOCOLS]
+                     + ["train wall s / run"], tablefmt="github", disable_numparse=True)
+    notes = "\n".join(header)
+    tail = ("\n\n† a training segment was killed without recording its time: the wall time is a lower bound."
+            if any(not r["wall_complete"] for r in rows) else "")
+    return f"{notes}\n\n{table}{tail}\n"
+
+
+def render_csv(rows, budget: dict) -> str:
+    import csv
+
+    cols = ["method", "label", "recipe", "method_overrides", "seeds", "n_runs"]
+    for c, _, _ in PROTOCOLS:
+        cols += [f"{c}_mean", f"{c}_std", f"{c}_per_seed"]
+    cols += ["wall_s_mean", "wall_s_std", "wall_complete"] + list(budget)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in {**r, **budget}.items()})
+    return buf.getvalue()
+
+
+def plot(rows, path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    width = 0.8 / len(PROTOCOLS)
+    lo = min((r[f"{c}_mean"] for r in rows for c, _, _ in PROTOCOLS if r[f"{c}_mean"] is not None), default=0)
+    for i, (c, _, h) in enumerate(PROTOCOLS):
+        xs = [j + (i - (len(PROTOCOLS) - 1) / 2) * width for j in range(len(rows))]
+        ys = [r[f"{c}_mean"] or 0.0 for r in rows]
+        es = [r[f"{c}_std"] or 0.0 for r in rows]
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=h)
+    ax.set_xticks(range(len(rows)), [f"{r['label']}\n(n={r['n_runs']})" for r in rows], fontsize="small")
+    ax.set_ylim(max(0.0, lo - 10), 100)
+    ax.set_ylabel("test accuracy (%), mean ± std over training seeds")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.compare",
+                                description="train several methods at one budget and compare them with the harness")
+    p.add_argument("--methods", default="default",
+                   help=f"default ({', '.join(DEFAULT_METHODS)}), all (+ {', '.join(EXTRA_METHODS)}) or a comma list")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds of the default methods")
+    p.add_argument("--extra-seeds", default="0", help="training seeds of the methods --methods all adds")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimisation steps per run (default {DEFAULT_STEPS})")
+    p.add_argument("--batch-size", type=int, default=512, help="images per step (default 512)")
+    p.add_argument("--warmup-fraction", type=float, default=0.05, help="linear warm-up share of the steps")
+    p.add_argument("--dataset", default="fashion-mnist", help="catalogue name, folder:PATH or npz:PATH")
+    p.add_argument("--root", default=None, help="dataset folder (default $SSLZOO_DATA/<name>)")
+    p.add_argument("--out", default="runs/compare", help="output folder (runs/, compare.md/.csv/.png, runs.csv)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra recipe override for every run (repeatable)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--eval-batch-size", type=int, default=512)
+    p.add_argument("--no-eval", action="store_true", help="train only")
+    return p
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from eval.datasets import load_split
+    from eval.store import ResultStore, code_version
+
+    methods = parse_methods(args.methods)
+    seeds, extra_seeds = _ints(args.seeds, "--seeds"), _ints(args.extra_seeds, "--extra-seeds")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (contrastive losses need negatives), got {args.batch_size}")
+    if not 0 <= args.warmup_fraction < 1:
+        raise ValueError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder")
+    n = len(load_split(args.dataset, "train", root=args.root))
+    spe = n // args.batch_size
+    if spe == 0:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than {args.dataset} train ({n} images)")
+    epochs = math.ceil(args.steps / spe)
+    warmup = round(args.warmup_fraction * args.steps)
+    budget = [f"train.max_steps={args.steps}", f"optim.batch_size={args.batch_size}", f"optim.epochs={epochs}",
+              f"optim.warmup_steps={warmup}", f"data.dataset={args.dataset}",
+              "train.monitor_every_epochs=0", "train.tensorboard=false", "train.log_every=10"]
+    if args.root:
+        budget.append(f"data.root={args.root}")
+    budget = arch_overrides() + budget
+    runs = plan_runs(methods, seeds, extra_seeds, out, budget)
+    for r in runs:  # every recipe + override is checked before anything trains
+        load_recipe(r.recipe, r.overrides + args.overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    records, accs = {}, {}
+    store = None if args.no_eval else ResultStore()
+    try:
+        bar = tqdm(runs, desc="compare", unit="run", dynamic_ncols=True)
+        for r in bar:
+            bar.set_postfix(run=r.name)
+            rec = _read_json(r.folder / "compare.json") or {}
+            if rec.get("status") == "done":
+                tqdm.write(f"{r.name}: finished before, skipped")
+            rec = train_run(r, args.overrides, args.device)
+            records[r.name] = rec
+            if rec["status"] != "done":
+                tqdm.write(f"{r.name}: stopped at step {rec['segments'][-1]['end_step']} of {args.steps}; "
+                           f"run the same command again to resume")
+                continue
+            if store is not None:
+                accs[r.name] = evaluate_run(r, args.dataset, args.root, store, args.eval_batch_size)
+    finally:
+        if store is not None:
+            store.close()
+    done = [r for r in runs if r.name in accs]
+    if not done:
+        print("no evaluated run yet (training only, or every run stopped early)")
+        return 0
+    rows = summarise(runs, records, accs)
+    threads = os.environ.get("OMP_NUM_THREADS") or "default"
+    header = [
+        f"# Method comparison on {args.dataset}: one training budget for every method",
+        "",
+        (f"- budget per run: {args.steps} optimisation steps x batch {args.batch_size} = "
+         f"{args.steps * args.batch_size:,} images ({args.steps / spe:.1f} epochs of {n:,} train images, labels "
+         f"unused); linear warm-up over {warmup} steps, then cosine to 0 at step {args.steps}"),
+        f"- architecture (all methods): the model of `{ARCH_RECIPE}` (ResNet-18 width 16, 3x3 stem + max-pool, "
+        f"expansion block 128 -> 1024, 1024-d feature); each method's own recipe "
+        f"(`training/recipes/<method>_fashion_mnist_cpu.yaml`) for loss, heads, optimiser, augmentation"
+        + (f"; extra overrides: {' '.join(args.overrides)}" if args.overrides else ""),
+        f"- training seeds: {','.join(map(str, seeds))}"
+        + (f" (added methods: {','.join(map(str, extra_seeds))})" if any(m in EXTRA_METHODS for m in methods) else "")
+        + "; cells are mean ± sample std over training seeds",
+        (f"- protocols (eval harness, test split, frozen exported backbone, fp32 features): linear = logistic "
+         f"regression, L2 chosen on a 10% validation split of train, refit on all train; kNN k=20 = cosine, "
+         f"T=0.07 weighted votes; {FEWSHOT_K}-shot = {FEWSHOT_K} labelled images per class, seeds "
+         f"{','.join(map(str, FEWSHOT_SEEDS))} averaged per run"),
+        (f"- wall: measured seconds of each run's training (data load + steps + export), mean over seeds; "
+         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OMP threads {threads}"),
+        f"- code {code_version()}; command: `{' '.join(['python -m training.compare', *args.argv])}`",
+    ]
+    budget_cols = {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": warmup,
+                   "dataset": args.dataset, "arch": ARCH_RECIPE, "fewshot_seeds": ",".join(map(str, FEWSHOT_SEEDS))}
+    atomic_write_text(out / "compare.md", render_md(rows, header))
+    atomic_write_text(out / "compare.csv", render_csv(rows, budget_cols))
+    per_run = ["method,seed," + ",".join(c for c, _, _ in PROTOCOLS) + ",wall_s,wall_complete"]
+    for r in done:
+        rec = records[r.name]
+        per_run.append(f"{r.method},{r.seed}," + ",".join(f"{accs[r.name][c]:.4f}" for c, _, _ in PROTOCOLS)
+                       + f",{rec.get('wall_s', '')},{rec.get('wall_complete', '')}")
+    atomic_write_text(out / "runs.csv", "\n".join(per_run) + "\n")
+    plot(rows, out / "compare.png", f"{args.dataset}: {args.steps} steps x batch {args.batch_size} per run")
+    print(render_md(rows, header))
+    print(f"wrote {out / 'compare.md'}, compare.csv, runs.csv, compare.png")
+    return 0
+
+
+def main(argv=None) -> int:
+    from eval.datasets import DatasetError
+    from zoo.io import WeightsError
+
+    from .trainer import TrainingError
+
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except (DatasetError, WeightsError, ConfigError, TrainingError, ValueError) as e:
+        print(f"training.compare: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("training.compare: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
