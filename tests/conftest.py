@@ -9,7 +9,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # One intra-op thread by default: the tests are small, and OpenMP's spinning barriers make 2 threads
 # on a 2-core machine shared with any other job many times slower than 1. SSLZOO_TEST_THREADS overrides.
-torch.set_num_threads(int(os.environ.get("SSLZOO_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("SSLZOO_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _test_threads():
+    """Every test starts at TEST_THREADS, whatever code run by an earlier test set (the trainer applies
+    ``train.threads``); the one place the tests' thread count is decided."""
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(autouse=True)

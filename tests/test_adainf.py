@@ -11,7 +11,6 @@ from training.cli import main
 from training.config import ConfigError, load_recipe
 from training.trainer import Trainer
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -27,14 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tests are small, and two threads contending with other work on a
-    2-core machine are slower than one by an order of magnitude (measured here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 

@@ -13,14 +13,6 @@ from zoo.backbones import build_resnet
 from zoo.io import save_folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blobs(n, d=12, c=4, seed=0):
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(42).normal(size=(c, d)) * 0.8

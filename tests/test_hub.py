@@ -18,16 +18,6 @@ ARCH = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 1}
 PRE = {"resize": 12, "crop": 12, "mean": [0.5], "std": [0.5], "interpolation": "bilinear", "in_chans": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tests are small, and two threads contending with other work on a
-    2-core machine are slower than one by an order of magnitude (measured here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def folder(tmp_path):
     torch.manual_seed(0)

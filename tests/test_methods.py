@@ -35,15 +35,6 @@ from training.methods import (
 from zoo.backbones import build_resnet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread avoids OpenMP contention with whatever else runs on the machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- plain-Python helpers
 def rows(t):
     return [[float(v) for v in r] for r in t.detach().double()]

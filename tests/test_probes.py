@@ -20,7 +20,6 @@ from eval.probes import (
     stratified_split,
 )
 
-torch.set_num_threads(1)
 
 
 def blobs(n, d, c, sep, seed):

@@ -17,7 +17,6 @@ from zoo.backbones import build_resnet
 from zoo.io import save_folder
 from zoo.preprocess import Preprocess
 
-torch.set_num_threads(1)
 
 
 def _blobs(n_per=20, k=3, d=8, seed=0):

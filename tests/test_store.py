@@ -199,17 +199,7 @@ def test_unusable_store_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny probes on a busy machine: one intra-op thread avoids OpenMP barriers waiting on a descheduled
-    second thread (the results do not depend on it)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def tiny(tmp_path, one_thread):
+def tiny(tmp_path):
     arch = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 1}
     pre = {"resize": 12, "crop": 12, "mean": [0.5], "std": [0.5], "interpolation": "bilinear", "in_chans": 1}
     torch.manual_seed(0)

@@ -81,14 +81,6 @@ SHRINK = {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16, "n_cluste
           "out_dim": 32, "queue_size": 64}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fake_npz(path, n=64, size=16, chans=1, label=None):
     rng = np.random.default_rng(1)
     labels = np.full(n, label) if label is not None else np.repeat(np.arange(4), n // 4)
