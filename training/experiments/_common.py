@@ -134,3 +134,25 @@ def fashion_mnist_probe_data(root=None):
     from eval.datasets import load_split
 
     return load_split("fashion-mnist", "train", root=root), load_split("fashion-mnist", "test", root=root)
+
+
+def add_common_args(p) -> None:
+    """The arguments every experiment script takes: budget, batch, seeds, probe subsample, threads, output."""
+    p.add_argument("--budget-steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--probe-train", type=int, default=None, help="subsample train for the probes (smoke runs)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = torch's default; 1 on a shared, busy machine)")
+    p.add_argument("--out", type=Path, required=True)
+
+
+def open_results(args) -> tuple[Path, Results]:
+    """Apply ``--threads``, create ``--out`` and open its results file keyed by the run's settings
+    (every argument but ``out`` and ``threads``, which do not change the results)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "threads")}
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    return out, Results(out, settings)

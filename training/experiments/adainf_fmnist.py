@@ -91,28 +91,15 @@ def _plot(rows, args, out: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    C.add_common_args(p)
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--generator", choices=list(GENERATOR_NAMES), default="gmm")
     p.add_argument("--generator-seed", type=int, default=0)
     p.add_argument("--n-generated", type=int, default=120000)
     p.add_argument("--dup", type=int, default=10, help="real-set copies in the AdaInf arm (upstream 10)")
-    p.add_argument("--probe-train", type=int, default=None, help="subsample train for the probes (smoke runs)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads (0 = torch's default; 1 on a shared, busy machine)")
-    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "threads")}
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    res = C.Results(out, settings)
+    out, res = C.open_results(args)
     probe_data = C.fashion_mnist_probe_data()
     gen = _generated(args, out / "work", probe_data[0].images)
     cells = [(arm, s) for s in args.seeds for arm in args.arms]

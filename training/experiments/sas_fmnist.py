@@ -128,32 +128,19 @@ def _plot(rows, args, out: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    C.add_common_args(p)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--partition", choices=["kmeans", "linear", "labels"], default="kmeans")
     p.add_argument("--labeled-per-class", type=int, default=10, help="partition linear: labels per class")
     p.add_argument("--proxy", default="simclr_resnet18w16_fashion_mnist")
     p.add_argument("--n-augment", type=int, default=4)
-    p.add_argument("--probe-train", type=int, default=None, help="subsample train for the probes (smoke runs)")
     p.add_argument("--no-full", action="store_true", help="skip the 100% reference runs")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads (0 = torch's default; 1 on a shared, busy machine)")
-    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     from training import sas
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "threads")}
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    res = C.Results(out, settings)
+    out, res = C.open_results(args)
     probe_data = C.fashion_mnist_probe_data()
     train_split = probe_data[0]
     images, labels = sas.images_of(train_split), np.asarray(train_split.targets)
