@@ -190,7 +190,8 @@ def _logreg_objective(X, y, onehot_t, W, b, penalty, weight):
 
 @torch.no_grad()
 def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float, max_iter: int,
-                      init=None, history: int = LBFGS_HISTORY) -> tuple[torch.Tensor, torch.Tensor]:
+                      init=None, history: int = LBFGS_HISTORY, precond=None,
+                      rotation=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``P`` independent multinomial logistic regressions that share the design matrix ``X``.
 
     ``X [N, D]`` (float32), ``y [N]`` (int64), ``penalty [P]`` (an ``l2`` per problem) or ``[P, D]``
@@ -209,6 +210,13 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
     search finds no decrease (float32 resolution), or after ``max_iter`` iterations (no stop on a
     small loss change: see :func:`_logreg_objective` on tiny losses). ``init`` is an optional ``(W [P, C, D], b [P, C])`` warm start. Returns
     ``W [P, C, D]`` and ``b [P, C]``.
+
+    ``precond`` (``[P, C*D + C]``, positive) is a diagonal initial inverse Hessian per problem: the
+    two-loop recursion starts from ``gamma * diag(precond)`` instead of ``gamma * I`` (preconditioned
+    L-BFGS; ``gamma = s'y / y'My``). ``rotation`` (``[D, D]`` orthogonal ``U``) says that ``X`` holds
+    rotated features ``X0 U``: the gradient test is then made on the weights in the original
+    coordinates (``gW U'``), so the stopping rule is the unrotated problem's. See
+    :func:`_fit_logreg_spectral`.
     """
     N, D = X.shape
     C = int(num_classes)
@@ -245,13 +253,25 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
         loss, gW, gb = _logreg_objective(X, y, onehot_t, th[:, :nW].view(-1, C, D), th[:, nW:], pen_, wgt_)
         return loss, torch.cat([gW.reshape(-1, nW), gb], 1)
 
+    M = None
+    if precond is not None:
+        M = torch.as_tensor(precond, dtype=torch.float32, device=dev)
+        if M.shape != (P, n) or not bool((M > 0).all()):
+            raise ValueError(f"precond must be positive and [{P}, {n}], got {tuple(M.shape)}")
+
+    def gmax(g_):  # max-abs gradient, in the original coordinates when X is rotated
+        if rotation is None:
+            return g_.abs().amax(1)
+        gw = g_[:, :nW].reshape(-1, D) @ rotation.t()
+        return torch.maximum(gw.abs().view(g_.shape[0], -1).amax(1), g_[:, nW:].abs().amax(1))
+
     f, g = evaluate(theta, pen, wgt)
     S = torch.zeros(history, P, n, device=dev)   # correction pairs, ring buffer; rho = 0 marks unused
     Y = torch.zeros(history, P, n, device=dev)
     rho = torch.zeros(history, P, device=dev)
     gamma = torch.ones(P, device=dev)
     vdot = torch.linalg.vecdot
-    done = g.abs().amax(1) <= tol
+    done = gmax(g) <= tol
     for it in range(max_iter):
         if bool(done.any()):                    # write back finished problems, shrink the batch
             out[ids[done]] = theta[done]
@@ -260,6 +280,7 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
                                                   Y[:, keep], rho[:, keep], gamma[keep])
             pen = pen[keep]
             wgt = wgt[keep] if wgt is not None else None
+            M = M[keep] if M is not None else None
         A = ids.numel()
         if A == 0:
             break
@@ -271,7 +292,7 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
             a = rho[s] * vdot(S[s], d)
             d.addcmul_(a.unsqueeze(1), Y[s], value=-1.0)
             alpha.append(a)
-        d.mul_(gamma.unsqueeze(1))
+        d.mul_(gamma.unsqueeze(1) if M is None else gamma.unsqueeze(1) * M)
         for s, a in zip(reversed(slots), reversed(alpha)):
             d.addcmul_((a - rho[s] * vdot(Y[s], d)).unsqueeze(1), S[s])
         gtd = vdot(g, d)
@@ -281,7 +302,7 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
             gtd = vdot(g, d)
             rho[:, bad] = 0.0
         if it == 0:   # unscaled first step, as torch's LBFGS
-            t = torch.clamp(1.0 / g.abs().sum(1), max=1.0)
+            t = torch.clamp(1.0 / d.abs().sum(1), max=1.0)
         else:
             t = torch.ones(A, device=dev)
         # Backtracking line search, per problem: Armijo, or its derivative form (Hager & Zhang's
@@ -328,7 +349,7 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
         else:
             failed = torch.zeros(A, dtype=torch.bool, device=dev)
         sy = vdot(s_vec, y_vec)
-        yy = vdot(y_vec, y_vec)
+        yy = vdot(y_vec, y_vec) if M is None else vdot(y_vec, y_vec * M)
         valid = (sy > 1e-10) & ~failed
         rho[slot] = torch.where(valid, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
         gamma = torch.where(valid, sy / yy.clamp_min(1e-30), gamma)
@@ -336,13 +357,52 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
         f, g = f_new, g_new
         # No stop on a small loss change: losses of nearly separated data are tiny, and an absolute
         # loss-change test (torch's LBFGS) stops such fits far from their optimum.
-        done = failed | (g.abs().amax(1) <= tol) | (s_vec.abs().amax(1) <= _TOL_CHANGE)
+        done = failed | (gmax(g) <= tol) | (s_vec.abs().amax(1) <= _TOL_CHANGE)
     out[ids] = theta
     return out[:, :nW].reshape(P, C, D), out[:, nW:].contiguous()
 
 
+#: Curvature scale of the preconditioner: the cross-entropy Hessian of a class block is about
+#: ``kappa * X'X / N`` with ``kappa = p (1 - p)``; at the start (uniform predictions) ``p = 1 / C``.
+#: Only the ratio of ``kappa * eigenvalue`` to ``l2`` shapes the preconditioner (L-BFGS rescales it).
+def _precond_kappa(num_classes: int) -> float:
+    return (1.0 / num_classes) * (1.0 - 1.0 / num_classes) if num_classes > 1 else 0.25
+
+
+@torch.no_grad()
+def _fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: int, init=None):
+    """:func:`_fit_logreg_batch` for ``P`` problems with a scalar ``l2`` each (uniform row weights),
+    solved in the eigenbasis of ``X'X / N`` with a diagonal preconditioner; same objectives, same
+    minimisers, same stopping rule (the gradient test is made in the original coordinates).
+
+    Why: L-BFGS needs many iterations when the Hessian's eigenvalues spread over decades, and on
+    features they do -- ``kappa * lambda_j + l2`` over the covariance eigenvalues ``lambda_j``, from
+    ``l2`` (1e-6) to tens. Rotating the features by the eigenvectors ``U`` leaves the penalty
+    ``||W||^2`` unchanged (``||W U|| = ||W||``), and in that basis the Hessian is close to diagonal, so
+    the initial inverse Hessian ``diag(1 / (kappa * lambda_j + l2))`` (bias: ``1 / kappa``) removes most
+    of the spread. The rotation costs one ``D x D`` eigendecomposition and one ``N x D x D`` product.
+    Returns ``W [P, C, D]`` (original coordinates) and ``b [P, C]``.
+    """
+    N, D = X.shape
+    C = int(num_classes)
+    l2s = torch.as_tensor(l2s, dtype=torch.float32, device=X.device).reshape(-1)
+    P = l2s.numel()
+    cov = (X.t() @ X).double() / max(N, 1)
+    evals, U = torch.linalg.eigh(cov)
+    U = U.to(torch.float32)
+    Xr = X @ U
+    kappa = _precond_kappa(C)
+    mw = 1.0 / (kappa * evals.clamp_min(0).to(torch.float32).unsqueeze(0) + l2s.unsqueeze(1)).clamp_min(1e-12)
+    M = torch.cat([mw.unsqueeze(1).expand(P, C, D).reshape(P, C * D),
+                   torch.full((P, C), 1.0 / kappa, device=X.device)], 1)
+    M = M / M[:, :C * D].mean(1, keepdim=True)  # scale is L-BFGS's business (gamma); keep d ~ g at the start
+    init_r = None if init is None else (init[0] @ U, init[1])
+    Wr, b = _fit_logreg_batch(Xr, y, C, l2s, tol=tol, max_iter=max_iter, init=init_r, precond=M, rotation=U)
+    return Wr @ U.t(), b
+
+
 def fit_logreg(X, y, num_classes: int, l2: float, max_iter: int = 500, init=None,
-               tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+               tol: float = 1e-6, spectral: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression, all classes jointly, full batch, L-BFGS.
 
     Minimises ``mean_i CE(softmax(W x_i + b), y_i) + l2 / 2 * ||W||_F^2`` (``b`` not penalised)
@@ -350,7 +410,8 @@ def fit_logreg(X, y, num_classes: int, l2: float, max_iter: int = 500, init=None
 
     ``init`` is an optional ``(W, b)`` warm start (e.g. the solution at a neighbouring ``l2``).
     ``tol`` bounds the max-abs gradient at convergence. Returns ``W [C, D]`` and ``b [C]``
-    (float32, on ``X``'s device). This is :func:`_fit_logreg_batch` with a single problem.
+    (float32, on ``X``'s device). This is :func:`_fit_logreg_batch` with a single problem
+    (``spectral=True``: :func:`_fit_logreg_spectral`, same objective and stopping rule, preconditioned).
     """
     X = _as_features(X)
     y = _as_labels(y, X.shape[0], device=X.device)
@@ -363,7 +424,8 @@ def fit_logreg(X, y, num_classes: int, l2: float, max_iter: int = 500, init=None
         if W0.shape != (C, D) or b0.shape != (C,):
             raise ValueError(f"init shapes {tuple(W0.shape)}, {tuple(b0.shape)} do not match ({C}, {D}), ({C},)")
         init = (W0.unsqueeze(0), b0.unsqueeze(0))
-    W, b = _fit_logreg_batch(X, y, C, [float(l2)], tol=tol, max_iter=max_iter, init=init)
+    fit = _fit_logreg_spectral if spectral else _fit_logreg_batch
+    W, b = fit(X, y, C, [float(l2)], tol=tol, max_iter=max_iter, init=init)
     return W[0], b[0]
 
 
@@ -382,11 +444,13 @@ class LinearProbe:
     ``predict``/``predict_proba``/``score``. ``coef_``/``intercept_`` live in the standardised space.
     """
 
-    def __init__(self, num_classes: int, l2: float, max_iter: int = 500, tol: float = 1e-6):
+    def __init__(self, num_classes: int, l2: float, max_iter: int = 500, tol: float = 1e-6,
+                 spectral: bool = False):
         self.num_classes = int(num_classes)
         self.l2 = float(l2)
         self.max_iter = max_iter
         self.tol = tol
+        self.spectral = spectral
         self.mean_ = self.std_ = self.coef_ = self.intercept_ = None
 
     def transform(self, X) -> torch.Tensor:
@@ -399,7 +463,8 @@ class LinearProbe:
         X = _as_features(X)
         self.mean_, self.std_ = _standardiser(X)
         self.coef_, self.intercept_ = fit_logreg(self.transform(X), y, self.num_classes, self.l2,
-                                                 max_iter=self.max_iter, init=init, tol=self.tol)
+                                                 max_iter=self.max_iter, init=init, tol=self.tol,
+                                                 spectral=self.spectral)
         return self
 
     @property
@@ -453,7 +518,7 @@ def _stacked_predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch
     return torch.addmm(b.reshape(1, P * C), X, W.reshape(P * C, D).t()).view(-1, P, C).argmax(2)
 
 
-def _select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter):
+def _select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter, spectral=True):
     """Validation accuracy of every ``l2`` in ``grid``; best index (ties -> larger l2) and the accuracies.
 
     Each candidate is a :class:`LinearProbe` on the fit part (standardised with the fit part's
@@ -461,8 +526,8 @@ def _select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter):
     :data:`SELECT_TOL` / ``min(max_iter, SELECT_MAX_ITER)``.
     """
     mean, std = _standardiser(fit_x)
-    W, b = _fit_logreg_batch((fit_x - mean) / std, fit_y, num_classes, grid, tol=SELECT_TOL,
-                             max_iter=min(max_iter, SELECT_MAX_ITER))
+    fit = _fit_logreg_spectral if spectral else _fit_logreg_batch
+    W, b = fit((fit_x - mean) / std, fit_y, num_classes, grid, tol=SELECT_TOL, max_iter=min(max_iter, SELECT_MAX_ITER))
     pred = _stacked_predict((val_x - mean) / std, W, b)
     accs = [_accuracy(pred[:, i], val_y) for i in range(len(grid))]
     best = max(range(len(grid)), key=lambda i: (accs[i], grid[i]))
@@ -476,7 +541,8 @@ def _restandardise(W, b, mean, std, new_mean, new_std):
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = None,
-                 l2_grid=None, val_fraction: float = 0.1, seed: int = 0, max_iter: int = 500) -> dict:
+                 l2_grid=None, val_fraction: float = 0.1, seed: int = 0, max_iter: int = 500,
+                 spectral: bool = True) -> dict:
     """Linear probe protocol (see module docstring).
 
     1. Split train into fit/val with :func:`stratified_split` (``val_fraction``, ``seed``).
@@ -486,6 +552,10 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
        ``min(max_iter, SELECT_MAX_ITER)`` iterations.
     3. Refit on all of train with that ``l2`` (``tol=1e-6``, ``max_iter``; warm-started from the
        selected candidate) and report test accuracy (test data is read only here).
+
+    ``spectral`` (default): every fit is solved in the eigenbasis of the features' covariance with a
+    diagonal preconditioner (:func:`_fit_logreg_spectral`): the same objectives and stopping rule,
+    reached in several times fewer iterations; ``False`` is the plain L-BFGS of earlier versions.
 
     Returns ``dict(accuracy, l2, val_accuracy, grid, n_train, n_test, val_accuracies)``; accuracies
     in [0, 1], ``val_accuracies`` aligned with ``grid``.
@@ -503,12 +573,12 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
         raise ValueError("validation split is empty: every class has fewer than 2 training examples")
     fit_idx_t, val_idx_t = torch.as_tensor(fit_idx, device=dev), torch.as_tensor(val_idx, device=dev)
     best, accs, selected = _select_l2(train_x[fit_idx_t], train_y[fit_idx_t], train_x[val_idx_t],
-                                      train_y[val_idx_t], C, grid, max_iter)
+                                      train_y[val_idx_t], C, grid, max_iter, spectral=spectral)
     l2 = grid[best]
 
     # The refit starts from the selected candidate (same l2, 90% of the same data), moved to the
     # full train's standardisation: same objective and stopping rule, far fewer iterations.
-    probe = LinearProbe(C, l2, max_iter=max_iter)
+    probe = LinearProbe(C, l2, max_iter=max_iter, spectral=spectral)
     init = _restandardise(*selected, *_standardiser(train_x))
     probe.fit(train_x, train_y, init=init)
     test_x = _as_features(test_x, device=dev)  # first time test data is touched

@@ -69,6 +69,34 @@ def test_compare_smoke(tiny, tmp_path, capsys):
     assert len(lines) == 1 and "another recipe or budget" in lines[0]
 
 
+def test_results_of_an_earlier_code_version_are_reused(tiny, tmp_path, capsys, monkeypatch):
+    """A commit between two invocations changes the store's code version: the probes of unchanged
+    weights are taken from the store, not run again; --reevaluate runs them again."""
+    import sqlite3
+
+    import eval.run
+    from eval.store import default_path
+
+    out = tmp_path / "cmp"
+    argv = ["--methods", "simclr", "--seeds", "0", "--steps", "2", "--batch-size", "16", "--dataset", f"npz:{tiny}",
+            "--out", str(out), "--eval-batch-size", "64", "--set", "model.width=4", "--set", "model.expand_dim=null"]
+    assert main(argv) == 0
+    with sqlite3.connect(default_path()) as con:  # as if an older commit had stored them
+        con.execute("UPDATE results SET code_version = '0.1.0+gOLD', key = key || '-old'")
+    calls = []
+    real = eval.run.evaluate
+    monkeypatch.setattr(eval.run, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    before = (out / "runs.csv").read_text().splitlines()[1].split(",")[:5]
+    assert main(argv) == 0
+    assert calls == []                                   # nothing re-run
+    row = (out / "runs.csv").read_text().splitlines()[1].split(",")
+    assert row[:5] == before and row[-1] == "0.1.0+gOLD"  # same accuracies, attributed to the old version
+    assert "probes of the runs by: 0.1.0+gOLD" in (out / "compare.md").read_text()
+    assert main(argv + ["--reevaluate"]) == 0
+    assert calls == [1]
+    assert "0.1.0+gOLD" not in (out / "runs.csv").read_text()
+
+
 def test_every_method_gets_the_d1024_architecture_and_the_budget(tmp_path):
     """The plan: each variant's own recipe, then the d1024 model section and the same budget."""
     from training.compare import EXTRA_METHODS, VARIANTS, arch_overrides, plan_runs

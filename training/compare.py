@@ -192,15 +192,42 @@ def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
     return rec
 
 
-def evaluate_run(run: Run, dataset: str, root, store, batch_size: int) -> dict:
-    """Linear / kNN20 / 10-shot accuracies (percent) of the run's export, via the results store."""
-    from eval.run import evaluate
+def _stored_accs(store, label: str, weights_sha256: str):
+    """The run's accuracies from results already in the store for these exact weights, whatever code
+    version wrote them (a commit between two invocations must not re-run every probe); ``None`` unless
+    every protocol is there with all its seeds. Returns ``(accs, code versions)``. (The data set need
+    not be matched: a run folder trained on other data is refused before its evaluation.)"""
+    from eval.store import aggregate
 
+    rows = aggregate([r for r in store.all() if r.model == label and r.weights_sha256 == weights_sha256])
+    by = {r["protocol"]: r for r in rows}
+    need = {label_: (len(FEWSHOT_SEEDS) if col.startswith("fewshot") else 1) for col, label_, _ in PROTOCOLS}
+    if any(p not in by or by[p]["n"] < n for p, n in need.items()):
+        return None
+    return ({col: by[lab]["accuracy_mean"] for col, lab, _ in PROTOCOLS},
+            sorted({v for lab in need for v in by[lab]["code_version"].split(",")}))
+
+
+def evaluate_run(run: Run, dataset: str, root, store, batch_size: int, reevaluate: bool = False) -> dict:
+    """Linear / kNN20 / 10-shot accuracies (percent) of the run's export, via the results store.
+
+    Results of the same weights stored by an earlier code version are reused unless ``reevaluate``;
+    the code versions that produced the accuracies are kept in ``_code_versions``."""
+    from eval.run import evaluate
+    from zoo.io import sha256_file
+
+    label = f"compare/{run.name}"
+    if not reevaluate:
+        hit = _stored_accs(store, label, sha256_file(run.folder / "export" / "model.safetensors"))
+        if hit is not None:
+            return {**hit[0], "_code_versions": hit[1]}
     rows = evaluate(str(run.folder / "export"), dataset, probes=["linear", "knn", "fewshot"], shots=[FEWSHOT_K],
-                    seeds=list(FEWSHOT_SEEDS), root=root, store=store, label=f"compare/{run.name}",
-                    batch_size=batch_size)
-    by = {r["protocol"]: r["accuracy_mean"] for r in rows}
-    return {col: by[label] for col, label, _ in PROTOCOLS}
+                    seeds=list(FEWSHOT_SEEDS), root=root, store=store, label=label,
+                    batch_size=batch_size, force=reevaluate)
+    by = {r["protocol"]: r for r in rows}
+    out = {col: by[lab]["accuracy_mean"] for col, lab, _ in PROTOCOLS}
+    out["_code_versions"] = sorted({v for col, lab, _ in PROTOCOLS for v in by[lab]["code_version"].split(",")})
+    return out
 
 
 # ----------------------------------------------------------------------------- table + plot
@@ -314,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--no-eval", action="store_true", help="train only")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="run the probes again even where this code or an earlier version stored them")
     return p
 
 
@@ -366,7 +395,7 @@ def run(args) -> int:
                            f"run the same command again to resume")
                 continue
             if store is not None:
-                accs[r.name] = evaluate_run(r, args.dataset, args.root, store, args.eval_batch_size)
+                accs[r.name] = evaluate_run(r, args.dataset, args.root, store, args.eval_batch_size, args.reevaluate)
     finally:
         if store is not None:
             store.close()
@@ -376,6 +405,7 @@ def run(args) -> int:
         return 0
     rows = summarise(runs, records, accs)
     threads = os.environ.get("OMP_NUM_THREADS") or "default"
+    probe_versions = sorted({v for a in accs.values() for v in a.get("_code_versions", [])})
     header = [
         f"# Method comparison on {args.dataset}: one training budget for every method",
         "",
@@ -395,17 +425,19 @@ def run(args) -> int:
          f"{','.join(map(str, FEWSHOT_SEEDS))} averaged per run"),
         (f"- wall: measured seconds of each run's training (data load + steps + export), mean over seeds; "
          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OMP threads {threads}"),
-        f"- code {code_version()}; command: `{' '.join(['python -m training.compare', *args.argv])}`",
+        f"- code {code_version()} (probes of the runs by: {', '.join(probe_versions) or 'this version'}); "
+        f"command: `{' '.join(['python -m training.compare', *args.argv])}`",
     ]
     budget_cols = {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": warmup,
                    "dataset": args.dataset, "arch": ARCH_RECIPE, "fewshot_seeds": ",".join(map(str, FEWSHOT_SEEDS))}
     atomic_write_text(out / "compare.md", render_md(rows, header))
     atomic_write_text(out / "compare.csv", render_csv(rows, budget_cols))
-    per_run = ["method,seed," + ",".join(c for c, _, _ in PROTOCOLS) + ",wall_s,wall_complete"]
+    per_run = ["method,seed," + ",".join(c for c, _, _ in PROTOCOLS) + ",wall_s,wall_complete,code_versions"]
     for r in done:
         rec = records[r.name]
         per_run.append(f"{r.method},{r.seed}," + ",".join(f"{accs[r.name][c]:.4f}" for c, _, _ in PROTOCOLS)
-                       + f",{rec.get('wall_s', '')},{rec.get('wall_complete', '')}")
+                       + f",{rec.get('wall_s', '')},{rec.get('wall_complete', '')},"
+                       + " ".join(accs[r.name].get("_code_versions", [])))
     atomic_write_text(out / "runs.csv", "\n".join(per_run) + "\n")
     plot(rows, out / "compare.png", f"{args.dataset}: {args.steps} steps x batch {args.batch_size} per run")
     print(render_md(rows, header))
