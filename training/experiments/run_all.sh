@@ -13,8 +13,12 @@ export OMP_NUM_THREADS=1
 mkdir -p results
 # lane 1, issue 5: SimCLR vs DCL (tau+ 0.05, 0.1) vs CISSL over seeds 0,1,2, then MoCo v2, BYOL,
 # SimSiam, Barlow Twins, DINO, DISSL with seed 0 (d1024 architecture for all; see training/compare.py)
-$PY -m training.compare --steps "$STEPS" --methods all --seeds 0,1,2 --extra-seeds 0 \
-    --out results/compare_fmnist > results/lane_compare.log 2>&1 &
+# then the SAS experiment's 100% reference (SimCLR on the full train set, same budget, 3 seeds)
+( $PY -m training.compare --steps "$STEPS" --methods all --seeds 0,1,2 --extra-seeds 0 \
+      --out results/compare_fmnist
+  $PY -m training.experiments.sas_fmnist --threads 1 --budget-steps "$STEPS" --seeds 0 1 2 --methods \
+      --out results/sas_fmnist_full
+) > results/lane_compare.log 2>&1 &
 # lane 2, issue 6: AdaInf vs vanilla inflation vs none (generated = PCA Gaussian-mixture stand-in fitted
 # here), then SAS (upstream ranking) vs random balanced over the same k-means partition
 ( $PY -m training.experiments.adainf_fmnist --threads 1 --budget-steps "$STEPS" --seeds 0 1 2 \

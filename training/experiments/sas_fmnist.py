@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     C.add_common_args(p)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(METHODS),
+                   help="subset methods (none: only the 100%% reference cells)")
     p.add_argument("--partition", choices=["kmeans", "linear", "labels"], default="kmeans")
     p.add_argument("--labeled-per-class", type=int, default=10, help="partition linear: labels per class")
     p.add_argument("--proxy", default="simclr_resnet18w16_fashion_mnist")
