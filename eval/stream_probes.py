@@ -2,10 +2,13 @@
 chunk, not on the number of rows.
 
 * :func:`streaming_linear_probe` is the linear protocol of :func:`eval.probes.linear_probe` (same
-  stratified fit/val split, same ``l2`` grid, same stacked L-BFGS, same refit) with the design
-  matrix read from disk: every objective evaluation is one pass over the store, its full-batch
-  gradient accumulated block by block (the same row blocks the in-memory solver uses), and the
-  standardisation statistics are accumulated in float64 over chunks. Memory: one block of rows plus
+  stratified fit/val split, same ``l2`` grid, same objectives and stopping rule, same refit) with
+  the design matrix read from disk. It runs the plain stacked L-BFGS: the in-memory probe's
+  spectral preconditioner (:func:`eval.probes._fit_logreg_spectral`) needs a rotated copy of the
+  features, which is what streaming avoids, so on disk the same minimisers take more passes. Here
+  every objective evaluation is one pass over the store, its full-batch gradient accumulated block
+  by block (the same row blocks the in-memory solver uses), and the standardisation statistics are
+  accumulated in float64 over chunks. Memory: one block of rows plus
   the solver state ``O(P * C * D)``; only labels and split indices (8 bytes a row) scale with ``N``.
 * :func:`chunked_knn_probe` is :func:`eval.probes.knn_probe` with the train set streamed: for each
   chunk of test queries, a running top-``k`` is merged with every chunk of train rows.
