@@ -97,6 +97,30 @@ def test_results_of_an_earlier_code_version_are_reused(tiny, tmp_path, capsys, m
     assert "0.1.0+gOLD" not in (out / "runs.csv").read_text()
 
 
+def test_a_failed_run_is_reported_and_the_others_go_on(tiny, tmp_path, monkeypatch):
+    """A run whose training fails (a NaN loss) does not stop the comparison: the other methods are
+    trained, evaluated and tabulated, and the failure is listed under the table with its message."""
+    from training import trainer as T
+
+    real_fit = T.Trainer.fit
+
+    def fit(self, *a, **k):
+        if self.cfg["method"]["name"] == "dcl":
+            raise T.TrainingError("loss is nan at step 1 (epoch 0); lower optim.lr")
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(T.Trainer, "fit", fit)
+    out = tmp_path / "cmp"
+    assert main(_argv(tiny, out)) == 0
+    rec = json.loads((out / "runs" / "dcl_tau0.1_s0" / "compare.json").read_text())
+    assert rec["status"] == "failed" and "loss is nan" in rec["error"]
+    md = (out / "compare.md").read_text()
+    table = md.split("Failed runs")[0]
+    assert "SimCLR" in table and "DCL tau+ 0.1" not in table.split("| method")[1]
+    assert "- DCL tau+ 0.1 (seed 0): loss is nan at step 1" in md
+    assert [r["method"] for r in csv.DictReader((out / "compare.csv").open())] == ["simclr"]
+
+
 def test_every_method_gets_the_d1024_architecture_and_the_budget(tmp_path):
     """The plan: each variant's own recipe, then the d1024 model section and the same budget."""
     from training.compare import EXTRA_METHODS, VARIANTS, arch_overrides, plan_runs

@@ -137,8 +137,10 @@ def _read_json(path: Path):
 
 
 def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
-    """Train ``run`` (skip when done, resume when interrupted); returns its ``compare.json`` record."""
-    from .trainer import Trainer
+    """Train ``run`` (skip when done, resume when interrupted); returns its ``compare.json`` record,
+    whose ``status`` is ``done``, ``stopped`` (interrupted) or ``failed`` (the trainer's one-line
+    error, e.g. a NaN loss, in ``error``; a later invocation tries again from the last checkpoint)."""
+    from .trainer import Trainer, TrainingError
 
     cfg = load_recipe(run.recipe, run.overrides + extra_sets)
     rec_path = run.folder / "compare.json"
@@ -170,8 +172,11 @@ def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
     segments = list(rec.get("segments", []))
     result = None
     start = time.perf_counter()
+    error = None
     try:
         result = trainer.fit(resume=resume)
+    except TrainingError as e:  # e.g. a NaN loss: recorded, reported under the table, the others go on
+        error = str(e)
     finally:
         segments.append({"start_step": start_step, "end_step": trainer.step,
                          "wall_s": round(time.perf_counter() - start, 3), "resumed": resume})
@@ -180,7 +185,10 @@ def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
         run.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(rec_path, json.dumps(rec, indent=1))
     total = int(cfg["train"]["max_steps"])
-    if result is None or result.name != "model.safetensors" or trainer.step < total:
+    if error is not None:
+        rec["status"] = "failed"
+        rec["error"] = error
+    elif result is None or result.name != "model.safetensors" or trainer.step < total:
         rec["status"] = "stopped"
     else:
         rec["status"] = "done"
@@ -266,7 +274,7 @@ def summarise(runs, records, accs) -> list:
     return rows
 
 
-def render_md(rows, header: list) -> str:
+def render_md(rows, header: list, failed=()) -> str:
     from tabulate import tabulate
 
     body = []
@@ -278,6 +286,8 @@ def render_md(rows, header: list) -> str:
     notes = "\n".join(header)
     tail = ("\n\n† a training segment was killed without recording its time: the wall time is a lower bound."
             if any(not r["wall_complete"] for r in rows) else "")
+    if failed:
+        tail += "\n\nFailed runs (no export, not in the table):\n" + "\n".join(f"- {f}" for f in failed)
     return f"{notes}\n\n{table}{tail}\n"
 
 
@@ -379,7 +389,7 @@ def run(args) -> int:
     for r in runs:  # every recipe + override is checked before anything trains
         load_recipe(r.recipe, r.overrides + args.overrides)
     out.mkdir(parents=True, exist_ok=True)
-    records, accs = {}, {}
+    records, accs, failed = {}, {}, []
     store = None if args.no_eval else ResultStore()
     try:
         bar = tqdm(runs, desc="compare", unit="run", dynamic_ncols=True)
@@ -390,6 +400,10 @@ def run(args) -> int:
                 tqdm.write(f"{r.name}: finished before, skipped")
             rec = train_run(r, args.overrides, args.device)
             records[r.name] = rec
+            if rec["status"] == "failed":
+                failed.append(f"{VARIANTS[r.method][2]} (seed {r.seed}): {rec['error']}")
+                tqdm.write(f"{r.name}: failed: {rec['error']}")
+                continue
             if rec["status"] != "done":
                 tqdm.write(f"{r.name}: stopped at step {rec['segments'][-1]['end_step']} of {args.steps}; "
                            f"run the same command again to resume")
@@ -430,7 +444,7 @@ def run(args) -> int:
     ]
     budget_cols = {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": warmup,
                    "dataset": args.dataset, "arch": ARCH_RECIPE, "fewshot_seeds": ",".join(map(str, FEWSHOT_SEEDS))}
-    atomic_write_text(out / "compare.md", render_md(rows, header))
+    atomic_write_text(out / "compare.md", render_md(rows, header, failed))
     atomic_write_text(out / "compare.csv", render_csv(rows, budget_cols))
     per_run = ["method,seed," + ",".join(c for c, _, _ in PROTOCOLS) + ",wall_s,wall_complete,code_versions"]
     for r in done:
@@ -440,7 +454,7 @@ def run(args) -> int:
                        + " ".join(accs[r.name].get("_code_versions", [])))
     atomic_write_text(out / "runs.csv", "\n".join(per_run) + "\n")
     plot(rows, out / "compare.png", f"{args.dataset}: {args.steps} steps x batch {args.batch_size} per run")
-    print(render_md(rows, header))
+    print(render_md(rows, header, failed))
     print(f"wrote {out / 'compare.md'}, compare.csv, runs.csv, compare.png")
     return 0
 
