@@ -362,10 +362,10 @@ def _fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: floa
     return out[:, :nW].reshape(P, C, D), out[:, nW:].contiguous()
 
 
-#: Curvature scale of the preconditioner: the cross-entropy Hessian of a class block is about
-#: ``kappa * X'X / N`` with ``kappa = p (1 - p)``; at the start (uniform predictions) ``p = 1 / C``.
-#: Only the ratio of ``kappa * eigenvalue`` to ``l2`` shapes the preconditioner (L-BFGS rescales it).
 def _precond_kappa(num_classes: int) -> float:
+    """Curvature scale of the preconditioner: the cross-entropy Hessian of a class block is about
+    ``kappa * X'X / N`` with ``kappa = p (1 - p)``; at the start (uniform predictions) ``p = 1 / C``.
+    Only the ratio of ``kappa * eigenvalue`` to ``l2`` shapes the preconditioner (L-BFGS rescales it)."""
     return (1.0 / num_classes) * (1.0 - 1.0 / num_classes) if num_classes > 1 else 0.25
 
 

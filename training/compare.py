@@ -200,20 +200,27 @@ def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
     return rec
 
 
+def _run_accs(rows) -> dict:
+    """Aggregated result rows (:func:`eval.store.aggregate`) -> ``{column: accuracy}`` for
+    :data:`PROTOCOLS` plus ``_code_versions`` (every code version that computed them)."""
+    by = {r["protocol"]: r for r in rows}
+    out = {col: by[lab]["accuracy_mean"] for col, lab, _ in PROTOCOLS}
+    out["_code_versions"] = sorted({v for _, lab, _ in PROTOCOLS for v in by[lab]["code_version"].split(",")})
+    return out
+
+
 def _stored_accs(store, label: str, weights_sha256: str):
-    """The run's accuracies from results already in the store for these exact weights, whatever code
-    version wrote them (a commit between two invocations must not re-run every probe); ``None`` unless
-    every protocol is there with all its seeds. Returns ``(accs, code versions)``. (The data set need
-    not be matched: a run folder trained on other data is refused before its evaluation.)"""
+    """The run's accuracies (:func:`_run_accs`) from results already in the store for these exact
+    weights, whatever code version wrote them (a commit between two invocations must not re-run every
+    probe); ``None`` unless every protocol is there with all its seeds. (The data set need not be
+    matched: a run folder trained on other data is refused before its evaluation.)"""
     from eval.store import aggregate
 
     rows = aggregate([r for r in store.all() if r.model == label and r.weights_sha256 == weights_sha256])
-    by = {r["protocol"]: r for r in rows}
-    need = {label_: (len(FEWSHOT_SEEDS) if col.startswith("fewshot") else 1) for col, label_, _ in PROTOCOLS}
-    if any(p not in by or by[p]["n"] < n for p, n in need.items()):
+    n_by = {r["protocol"]: r["n"] for r in rows}
+    if any(n_by.get(lab, 0) < (len(FEWSHOT_SEEDS) if col.startswith("fewshot") else 1) for col, lab, _ in PROTOCOLS):
         return None
-    return ({col: by[lab]["accuracy_mean"] for col, lab, _ in PROTOCOLS},
-            sorted({v for lab in need for v in by[lab]["code_version"].split(",")}))
+    return _run_accs(rows)
 
 
 def evaluate_run(run: Run, dataset: str, root, store, batch_size: int, reevaluate: bool = False) -> dict:
@@ -228,14 +235,10 @@ def evaluate_run(run: Run, dataset: str, root, store, batch_size: int, reevaluat
     if not reevaluate:
         hit = _stored_accs(store, label, sha256_file(run.folder / "export" / "model.safetensors"))
         if hit is not None:
-            return {**hit[0], "_code_versions": hit[1]}
-    rows = evaluate(str(run.folder / "export"), dataset, probes=["linear", "knn", "fewshot"], shots=[FEWSHOT_K],
-                    seeds=list(FEWSHOT_SEEDS), root=root, store=store, label=label,
-                    batch_size=batch_size, force=reevaluate)
-    by = {r["protocol"]: r for r in rows}
-    out = {col: by[lab]["accuracy_mean"] for col, lab, _ in PROTOCOLS}
-    out["_code_versions"] = sorted({v for col, lab, _ in PROTOCOLS for v in by[lab]["code_version"].split(",")})
-    return out
+            return hit
+    return _run_accs(evaluate(str(run.folder / "export"), dataset, probes=["linear", "knn", "fewshot"],
+                              shots=[FEWSHOT_K], seeds=list(FEWSHOT_SEEDS), root=root, store=store, label=label,
+                              batch_size=batch_size, force=reevaluate))
 
 
 # ----------------------------------------------------------------------------- table + plot
