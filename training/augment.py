@@ -229,6 +229,7 @@ def gaussian_blur(x, kernel_size, sigma=(0.1, 2.0), p=0.5, generator=None):
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
 _PIL_CODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # torchvision also accepts PIL's integer codes
 _MATRIX_ELEMENTS = 1 << 22  # resampling matrices are built for at most this many entries at a time
+_CHUNK_BYTES = 8 << 20  # CPU working set of one chunk of ViewAugment.apply (one float32 copy of the images)
 
 
 def interpolation_name(mode) -> str:
@@ -377,13 +378,25 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return _hexcone(h * 6.0, v, v * s)
 
 
+# Channel n of the hexcone, clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6, equals
+# clamp(2 - d, 0, 1) where d is the distance from h6 to 2 - n on the circle of circumference 6:
+# R (n = 5) -> 3, G (n = 3) -> 5, B (n = 1) -> 1. No remainder (libm fmod is 10x slower than a
+# multiply on this CPU) once h6 is wrapped to about [0, 6).
+_HEXCONE_CENTRES = (3.0, 5.0, 1.0)
+
+
 def _hexcone(h6, top, chroma):
-    """RGB from hue ``h6`` (in sixths of a turn, any real), max ``top`` and chroma ``top - min``."""
+    """RGB from hue ``h6`` (in sixths of a turn, any real), max ``top`` and chroma ``top - min``.
+    Written with arithmetic only: ops that make or read bool tensors (``where``, comparisons,
+    ``remainder``) run 5-30x slower than a multiply in this torch build on this CPU."""
+    if float(h6.min()) < -1.0 or float(h6.max()) > 7.0:
+        h6 = h6 - torch.floor(h6 * (1.0 / 6.0)) * 6.0
     out = torch.empty(top.shape[0], 3, *top.shape[1:], device=top.device)
-    for ch, n in enumerate((5.0, 3.0, 1.0)):
-        k = torch.remainder(h6 + n, 6.0)
-        k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.sub(top, k.mul_(chroma), out=out[:, ch])
+    d = torch.empty_like(h6)
+    for ch, centre in enumerate(_HEXCONE_CENTRES):
+        # min(|h6 - c|, 6 - |h6 - c|) = 3 - ||h6 - c| - 3|, so clamp(2 - dist) = clamp(||h6 - c| - 3| - 1)
+        torch.sub(h6, centre, out=d).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+        torch.sub(top, d.mul_(chroma), out=out[:, ch])
     return out
 
 
@@ -422,9 +435,14 @@ def adjust_hue(x, shift):
     top = torch.maximum(torch.maximum(r, g), b)
     chroma = top - torch.minimum(torch.minimum(r, g), b)
     inv = chroma.clamp(min=1e-30).reciprocal_()                             # c = 0: the differences are 0 too
-    h6 = torch.where(top == r, (g - b).mul_(inv),
-                     torch.where(top == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)))
-    h6.add_(shift.view(-1, 1, 1) * 6.0)
+    # which channel is the max, as 0/1 floats (r before g before b); eq(out=float) is fast, where() is not
+    mr = torch.eq(top, r, out=torch.empty_like(top))
+    mg = torch.eq(top, g, out=torch.empty_like(top)).sub_(mr).clamp_(min=0.0)
+    mb = (1.0 - mr).sub_(mg)
+    h6 = (g - b).mul_(mr).add_((b - r).mul_(mg)).add_((r - g).mul_(mb)).mul_(inv)
+    h6.add_(mg, alpha=2.0).add_(mb, alpha=4.0)                              # exactly one mask is 1 per pixel
+    h6.add_(shift.view(-1, 1, 1) * 6.0)                                     # in [-4, 8)
+    h6.sub_(torch.floor(h6 * (1.0 / 6.0)).mul_(6.0))                        # wrapped to [0, 6] (rounding)
     return _hexcone(h6, top, chroma)
 
 
@@ -458,23 +476,60 @@ def color_jitter_per_sample(x, apply, order, factors):
 
     ``apply [B]`` (bool): samples that are jittered; ``order [B, 4]``: each sample's permutation of
     the ops (0 brightness, 1 contrast, 2 saturation, 3 hue); ``factors``: four ``[B]`` tensors, or
-    ``None`` for an op that is off. At step ``k`` every op runs once, on the samples whose ``k``-th op
-    it is, so the work is one pass of each op over the jittered samples. ``x`` is updated in place.
-    Index computations happen on the CPU (the parameters live there) and are moved to ``x``'s device.
+    ``None`` for an op that is off.
+
+    Brightness, contrast and saturation are all ``clamp(a x + w_m mean(gray(x)) + w_l gray(x))``
+    with per-sample ``(a, w_m, w_l)`` = ``(f, 0, 0)``, ``(f, 1 - f, 0)``, ``(f, 0, 1 - f)``, so step
+    ``k`` of the random order is one batched pass over every sample whose ``k``-th op is one of them
+    (``(1, 0, 0)``, i.e. unchanged, for the others); the hue op runs on the samples whose ``k``-th op
+    it is. Four passes in all, with no gather / scatter except for hue. Returns the jittered batch
+    (``x`` may be overwritten). Index computations happen on the CPU (the parameters live there).
     """
     dev = x.device
     apply, order = apply.cpu(), order.cpu()
-    for k in range(order.shape[1]):
-        for op, fn in enumerate(_JITTER_OPS):
-            f = factors[op]
-            if f is None or (op >= 2 and x.shape[1] != 3):
-                continue
-            idx = torch.nonzero(apply & (order[:, k] == op)).squeeze(1)
-            if idx.numel() == 0:
-                continue
+    b, steps = order.shape
+    bright, contrast, sat, hue = factors
+    if x.shape[1] != 3:
+        sat = hue = None
+    op = torch.where(apply.view(-1, 1), order, torch.full_like(order, -1)).t()   # [steps, B]; -1: untouched
+    # per-step blend weights (a, w_mean, w_luma), all steps at once
+    a, wm, wl = torch.ones(steps, b), torch.zeros(steps, b), torch.zeros(steps, b)
+    if bright is not None:
+        a = torch.where(op == 0, bright, a)
+    if contrast is not None:
+        a, wm = torch.where(op == 1, contrast, a), torch.where(op == 1, 1 - contrast, wm)
+    if sat is not None:
+        a, wl = torch.where(op == 2, sat, a), torch.where(op == 2, 1 - sat, wl)
+    blend = (a != 1).any(1).tolist()
+    use_m, use_l = wm.any(1).tolist(), wl.any(1).tolist()
+    a, wm, wl = a.to(dev), wm.to(dev), wl.to(dev)
+    hue_idx = [torch.nonzero(op[k] == 3).squeeze(1) for k in range(steps)] if hue is not None else [None] * steps
+    for k in range(steps):
+        if blend[k]:
+            x = _blend_step(x, a[k], wm[k] if use_m[k] else None, wl[k] if use_l[k] else None)
+        idx = hue_idx[k]
+        if idx is not None and idx.numel():
             idx_d = idx.to(dev)
-            x[idx_d] = fn(x[idx_d], f[idx].to(dev))
+            x.index_copy_(0, idx_d, adjust_hue(x.index_select(0, idx_d), hue[idx].to(dev)))
     return x
+
+
+def _blend_step(x, a, wm, wl):
+    """``clamp(a x + wm mean(gray(x)) + wl gray(x), 0, 1)`` per sample (``a``, ``wm``, ``wl``: ``[B]``;
+    ``None`` for an all-zero weight): brightness, contrast and saturation in one pass, in place."""
+    v = (lambda t: t.view(-1, 1, 1, 1))
+    t = None
+    if wl is not None:
+        t = luma(x).mul_(v(wl))                                              # [B, 1, H, W]
+    if wm is not None:
+        m = x.mean(dim=(2, 3))                                               # [B, C]
+        m = m[:, 0] * 0.2989 + m[:, 1] * 0.587 + m[:, 2] * 0.114 if x.shape[1] == 3 else m.mean(1)
+        m = v(m * wm)
+        t = m if t is None else t.add_(m)
+    x.mul_(v(a))
+    if t is not None:
+        x.add_(t)
+    return x.clamp_(0.0, 1.0)
 
 
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -487,26 +542,33 @@ def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def gaussian_blur_per_sample(x, sigma, kernel_size):
-    """Per-sample Gaussian blur with reflect padding (torchvision ``gaussian_blur``), as ``k``
-    shifted multiply-adds per axis. ``kernel_size``: odd int or ``(kx, ky)``; ``sigma [B]``."""
+    """Per-sample Gaussian blur with reflect padding (torchvision ``gaussian_blur``): the samples'
+    kernels as one depthwise (grouped) convolution per axis. ``kernel_size``: odd int or
+    ``(kx, ky)``; ``sigma [B]``."""
     kx, ky = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     b, c, H, W = x.shape
-    wx = gaussian_kernels(sigma, kx)
-    wy = gaussian_kernels(sigma, ky)
     px, py = kx // 2, ky // 2
     xp = F.pad(x, (px, px, py, py), mode="reflect") if (px or py) else x
-    tmp = torch.zeros(b, c, H + 2 * py, W, device=x.device)
-    for j in range(kx):
-        tmp.addcmul_(xp[..., j:j + W], wx[:, j].view(-1, 1, 1, 1))
-    out = torch.zeros(b, c, H, W, device=x.device)
-    for j in range(ky):
-        out.addcmul_(tmp[:, :, j:j + H], wy[:, j].view(-1, 1, 1, 1))
-    return out
+    xp = xp.reshape(1, b * c, H + 2 * py, W + 2 * px)
+    wx = gaussian_kernels(sigma, kx).repeat_interleave(c, 0).view(b * c, 1, 1, kx)
+    wy = gaussian_kernels(sigma, ky).repeat_interleave(c, 0).view(b * c, 1, ky, 1)
+    t = F.conv2d(xp, wx, groups=b * c) if kx > 1 else xp
+    t = F.conv2d(t, wy, groups=b * c) if ky > 1 else t
+    return t.view(b, c, H, W)
 
 
 def solarize(x, threshold: float):
     """Invert pixels ``>= threshold`` (torchvision ``solarize`` on float images)."""
     return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def solarize_per_sample(x, apply, threshold: float):
+    """:func:`solarize` on the samples where ``apply [B]`` is true, as ``x + m (1 - 2x)`` with a 0/1
+    float mask ``m`` (a bool mask and ``where`` are several times slower on the CPU); samples not
+    solarised get a threshold above 1, so ``m`` is 0 for all their pixels."""
+    thr = torch.where(apply.cpu(), torch.tensor(float(threshold)), torch.tensor(2.0)).to(x.device).view(-1, 1, 1, 1)
+    m = torch.ge(x, thr, out=torch.empty_like(x))
+    return x.addcmul_(m, x.mul(-2.0).add_(1.0))
 
 
 @dataclass
@@ -533,6 +595,13 @@ class ViewParams:
 
     def __len__(self) -> int:
         return int(self.flip.shape[0])
+
+    def slice(self, start: int, stop: int) -> ViewParams:
+        """The parameters of samples ``start:stop``."""
+        return ViewParams(tuple(t[start:stop] for t in self.boxes),
+                          *(None if t is None else t[start:stop]
+                            for t in (self.flip, self.jitter, self.order, self.brightness, self.contrast,
+                                      self.saturation, self.hue, self.gray, self.blur, self.sigma, self.solarize)))
 
     def sample(self, i: int) -> dict:
         """Parameters of sample ``i`` as Python numbers (e.g. to replay it through torchvision)."""
@@ -642,9 +711,24 @@ class ViewAugment:
         return ViewParams(boxes, flip, jitter, order, *factors, gray=gray, blur=blur, sigma=sigma, solarize=solar)
 
     def apply(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
-        """Apply drawn parameters to ``x`` ``[B, C, H, W]`` (uint8 or float in [0, 1]) on its device."""
+        """Apply drawn parameters to ``x`` ``[B, C, H, W]`` (uint8 or float in [0, 1]) on its device.
+
+        On the CPU the batch is processed in chunks of about ``_CHUNK_BYTES`` of float32 working set,
+        so that the dozens of elementwise passes run in the cache (and large temporaries do not go
+        through the allocator's mmap path, which zero-fills fresh pages on every call); each chunk
+        writes its slice of the output. On CUDA the whole batch is one chunk."""
         if self.version != 2:
             raise RuntimeError("sample/apply are the version=2 engine; this ViewAugment has version=1")
+        b, c, H, W = x.shape
+        oh, ow = (self.size, self.size) if isinstance(self.size, int) else self.size
+        step = b if x.device.type != "cpu" else max(1, _CHUNK_BYTES // (4 * c * max(oh * ow, H * W)))
+        out = torch.empty(b, c, oh, ow, device=x.device)
+        for s in range(0, b, step):
+            e = min(b, s + step)
+            self._apply_chunk(x[s:e], params if (s, e) == (0, b) else params.slice(s, e), out[s:e])
+        return out
+
+    def _apply_chunk(self, x: torch.Tensor, params: ViewParams, out: torch.Tensor) -> None:
         x = _to_float(x)
         dev = x.device
         x = resized_crop(x, params.boxes, self.size, params.flip, self.interpolation, self.antialias).clamp_(0, 1)
@@ -654,15 +738,19 @@ class ViewAugment:
         if x.shape[1] == 3 and self.grayscale_p > 0:
             idx = torch.nonzero(params.gray).squeeze(1).to(dev)
             if idx.numel():
-                x[idx] = luma(x[idx]).expand(-1, 3, -1, -1)
+                x.index_copy_(0, idx, luma(x.index_select(0, idx)).expand(-1, 3, -1, -1))
         if self.blur_p > 0:
             idx = torch.nonzero(params.blur).squeeze(1)
             if idx.numel():
                 idx_d = idx.to(dev)
-                x[idx_d] = gaussian_blur_per_sample(x[idx_d], params.sigma[idx].to(dev), self.blur_kernel)
+                x.index_copy_(0, idx_d, gaussian_blur_per_sample(x.index_select(0, idx_d), params.sigma[idx].to(dev),
+                                                                 self.blur_kernel))
         if self.solarize_p > 0:
-            x = torch.where(params.solarize.to(dev).view(-1, 1, 1, 1), solarize(x, self.solarize_threshold), x)
-        return self._normalise(x)
+            x = solarize_per_sample(x, params.solarize, self.solarize_threshold)
+        # (x - mean) / std as x * (1 / std) + (-mean / std): one pass, written into the output
+        mean = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
+        inv_std = 1.0 / torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
+        torch.addcmul((-mean * inv_std).expand_as(out), x, inv_std, out=out)
 
     # ------------------------------------------------------------------ both
     def _normalise(self, x):
