@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=["zoo", "eval", "training", "training.methods"],
     package_data={"zoo": ["bundled/*/model.safetensors", "bundled/*/config.json"],
-                  "training": ["recipes/*.yaml"]},
+                  "training": ["recipes/*.yaml", "_fastaug.c"]},
     py_modules=["hubconf"],
     install_requires=[
         "torch>=2.1",

@@ -190,16 +190,18 @@ FULL = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.3, "jitt
                                                      ("bicubic", False), ("nearest", True),
                                                      ("nearest-exact", True)])
 @pytest.mark.parametrize("in_hw,size", [((40, 36), 24), ((16, 20), 28)])  # mostly shrinking / only enlarging
-def test_v2_equals_torchvision_per_image(interpolation, antialias, in_hw, size):
+@pytest.mark.parametrize("fused", [True, False])  # the C kernel of training/fastaug.py and the eager torch ops
+def test_v2_equals_torchvision_per_image(interpolation, antialias, in_hw, size, fused):
     g = torch.Generator().manual_seed(hash((interpolation, antialias, size)) % 1000)
     x = torch.randint(0, 256, (48, 3, *in_hw), dtype=torch.uint8, generator=g)
-    aug = ViewAugment(size=size, scale=(0.05, 1.0), interpolation=interpolation, antialias=antialias, **FULL)
+    aug = ViewAugment(size=size, scale=(0.05, 1.0), interpolation=interpolation, antialias=antialias, fused=fused,
+                      **FULL)
     params = aug.sample(x.shape, g)
     out = aug.apply(x, params)
     assert out.shape == (48, 3, size, size) and out.dtype == torch.float32
     torch.testing.assert_close(out, tv_replay(aug, x, params), rtol=0, atol=1e-4)
-    # uint8 input is the float image / 255
-    torch.testing.assert_close(aug.apply(x.float() / 255, params), out, rtol=0, atol=1e-6)
+    # uint8 input is the float image / 255 (to float rounding: the fused kernel divides after interpolating)
+    torch.testing.assert_close(aug.apply(x.float() / 255, params), out, rtol=0, atol=1e-5)
 
 
 def test_v2_equals_torchvision_grayscale_and_rectangular_output():
@@ -494,3 +496,121 @@ def test_train_speed_benchmark_smoke(tmp_path):
     res = json.loads(out.read_text())
     ratios = [r for r in res["results"] if r["row"] == "ratios"]
     assert len(ratios) == 1 and ratios[0]["zoo_over_bare"] > 0
+
+
+# ---------------------------------------------------------------------------- fused C kernel
+
+def _need_kernel():
+    from training import fastaug
+
+    if fastaug._compiler() is None:
+        pytest.skip("no C compiler: the fused kernel cannot be built here (the eager path is what runs)")
+    lib = fastaug.library()
+    assert lib is not None, "a C compiler exists but training/_fastaug.c did not build (see stderr)"
+    return lib
+
+
+def _edge_images(n, s, seed):
+    """Images with flat colours (chroma 0), pure primaries, 0 / 255 extremes and ties between channels
+    (the hue's case analysis), beside smooth random ones."""
+    x = _images(3, s, n, seed)
+    x[0] = 128                                   # gray: chroma 0
+    x[1, 0], x[1, 1], x[1, 2] = 255, 0, 0        # red
+    x[2, 0], x[2, 1], x[2, 2] = 0, 255, 255      # cyan: g == b == max
+    x[3, :, : s // 2] = 0
+    x[3, :, s // 2:] = 255
+    x[4, 0] = x[4, 1]                            # r == g ties everywhere
+    return x
+
+
+FUSED_CASES = {
+    # every box enlarged, bilinear, uint8: the kernel crops too
+    "stl96-like": dict(in_hw=(48, 48), size=48, channels=3,
+                       kw=dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5, blur_kernel=5,
+                               mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))),
+    "all-ops": dict(in_hw=(32, 32), size=32, channels=3, kw=dict(FULL, hue=0.5, blur_p=1.0, solarize_p=0.5)),
+    # shrinking boxes / other interpolations / float input: the eager crop, then the kernel
+    "shrink-bicubic": dict(in_hw=(40, 36), size=24, channels=3, kw=dict(FULL, interpolation="bicubic")),
+    "float-input": dict(in_hw=(24, 24), size=24, channels=3, float_input=True, kw=dict(FULL)),
+    "rect-kernel": dict(in_hw=(28, 40), size=(20, 30), channels=3,
+                        kw=dict(FULL, blur_kernel=(3, 5), blur_p=1.0, mean=(0.3,), std=(0.4,))),
+    "gray-images": dict(in_hw=(28, 28), size=28, channels=1,
+                        kw=dict(brightness=(0.5, 1.5), contrast=0.7, saturation=0.5, hue=0.3, blur_p=0.5,
+                                blur_kernel=3, solarize_p=0.5, mean=(0.5,), std=(0.5,))),
+    "no-jitter-all-gray": dict(in_hw=(16, 16), size=16, channels=3,
+                               kw=dict(jitter_p=0.0, grayscale_p=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)),
+    "some-ops-off": dict(in_hw=(16, 16), size=16, channels=3,
+                         kw=dict(brightness=0.0, contrast=0.4, saturation=0.0, hue=0.1, jitter_p=1.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_kernel_equals_eager(case):
+    """The C kernel (one pass per image: crop, jitter in each image's own order, grayscale, blur,
+    solarize, normalise) computes what the eager torch ops compute, on the same drawn parameters."""
+    _need_kernel()
+    c = FUSED_CASES[case]
+    g = torch.Generator().manual_seed(sorted(FUSED_CASES).index(case))
+    x = _edge_images(24, c["in_hw"][0], 11) if c["channels"] == 3 and c["in_hw"][0] == c["in_hw"][1] else \
+        torch.randint(0, 256, (24, c["channels"], *c["in_hw"]), dtype=torch.uint8, generator=g)
+    if c.get("float_input"):
+        x = x.float() / 255
+    kw = dict(c["kw"], version=2)
+    fused, eager = ViewAugment(size=c["size"], fused=True, **kw), ViewAugment(size=c["size"], fused=False, **kw)
+    params = fused.sample(x.shape, g)
+    a, b = fused.apply(x, params), eager.apply(x, params)
+    assert a.shape == b.shape and a.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    # and the drawn ops really ran: the output is not just the normalised crop
+    plain = ViewAugment(size=c["size"], jitter_p=0, grayscale_p=0, blur_p=0, solarize_p=0, fused=False,
+                        mean=kw.get("mean", (0.5,)), std=kw.get("std", (0.5,)), version=2)
+    assert (a - plain.apply(x, params)).abs().max() > 1e-2
+
+
+def test_fused_kernel_threads_give_the_same_images():
+    _need_kernel()
+    x = _images(3, 32, 40, 2)
+    aug = ViewAugment(size=32, blur_p=0.5, solarize_p=0.3, version=2)
+    p = aug.sample(x.shape, torch.Generator().manual_seed(0))
+    one = aug.apply(x, p)
+    torch.set_num_threads(2)
+    assert torch.equal(aug.apply(x, p), one)
+
+
+def test_fused_kernel_off_or_unbuildable_falls_back_to_eager(monkeypatch, tmp_path, capfd):
+    from training import fastaug
+
+    x = _images(3, 16, 8, 4)
+    aug = ViewAugment(size=16, blur_p=0.5, version=2)
+    p = aug.sample(x.shape, torch.Generator().manual_seed(0))
+    want = ViewAugment(size=16, blur_p=0.5, version=2, fused=False).apply(x, p)
+    try:
+        monkeypatch.setenv("SSLZOO_FASTAUG", "0")
+        fastaug.reset()
+        assert fastaug.library() is None and capfd.readouterr().err == ""  # switched off: silent
+        torch.testing.assert_close(aug.apply(x, p), want, rtol=0, atol=0)
+        monkeypatch.delenv("SSLZOO_FASTAUG")
+        bad = tmp_path / "cc"
+        bad.write_text("#!/bin/sh\necho 'cc: error: no such compiler' >&2\nexit 1\n")
+        bad.chmod(0o755)
+        monkeypatch.setenv("CC", str(bad))
+        fastaug.reset()
+        assert fastaug.library() is None
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "unavailable" in err[0] and "no such compiler" in err[0]
+        torch.testing.assert_close(aug.apply(x, p), want, rtol=0, atol=0)
+        assert not list((tmp_path / "sslzoo_home").rglob("*.so*"))  # nothing half-written
+    finally:
+        monkeypatch.undo()
+        fastaug.reset()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_v2_hue_edge_cases_match_torchvision(fused):
+    """Flat colours, primaries, 0/255 extremes and channel ties through the full jitter (hue range
+    0.5, i.e. every shift) match torchvision image by image on both paths."""
+    x = _edge_images(16, 24, 5)
+    aug = ViewAugment(size=24, scale=(0.5, 1.0), brightness=0.4, contrast=0.4, saturation=0.9, hue=0.5, jitter_p=1.0,
+                      grayscale_p=0.2, mean=(0.5,) * 3, std=(0.5,) * 3, version=2, fused=fused)
+    p = aug.sample(x.shape, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(aug.apply(x, p), tv_replay(aug, x, p), rtol=0, atol=1e-4)

@@ -39,6 +39,16 @@ Two engines, chosen with ``ViewAugment(version=...)``:
   by :meth:`ViewAugment.apply`, so one image can be replayed through torchvision with the same
   parameters (the tests do, and match it per image to float rounding).
 
+On the CPU, ``version=2`` runs the whole view of each image in one C function when it can
+(``fused=True``, the default): crop from uint8 (bilinear, every box enlarged) + flip, the colour jitter
+in the image's own order, grayscale, blur, solarize and normalisation, one image at a time so every
+pass stays in the core's cache, images spread over torch's threads (OpenMP). The C source is
+``training/_fastaug.c``, compiled at first use with the system compiler (:mod:`training.fastaug`);
+without a compiler, or with ``SSLZOO_FASTAUG=0`` or ``fused=False``, the eager torch ops below run
+(processed in cache-sized chunks). Both compute the same images to float rounding (the tests compare
+them with each other and with torchvision image by image). Shrinking boxes, bicubic / nearest and float
+input take the eager crop, then the kernel.
+
 Random parameters are always drawn on the CPU from ``generator`` (a CPU ``torch.Generator`` or the
 global RNG), whatever the device of the batch, so a seed gives the same views on CPU and CUDA.
 
@@ -54,6 +64,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from training import fastaug as _fastaug
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -634,7 +646,8 @@ class ViewAugment:
     ``(h, w)`` (version 2 only).
 
     ``version=1`` (default) reproduces the original engine bit for bit; ``version=2`` follows
-    torchvision in every op. Calling an instance draws the parameters from ``generator`` (CPU) and
+    torchvision in every op. ``fused`` (version 2, CPU): use the C kernel of :mod:`training.fastaug`
+    when it builds (the same images, several times faster); ``False`` keeps to eager torch ops. Calling an instance draws the parameters from ``generator`` (CPU) and
     applies them; with ``version=2`` this is ``apply(x, sample(x.shape, generator))``.
     """
 
@@ -658,6 +671,7 @@ class ViewAugment:
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
     version: int = 1
+    fused: bool = True
 
     def __post_init__(self):
         if self.version not in (1, 2):
@@ -713,14 +727,18 @@ class ViewAugment:
     def apply(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
         """Apply drawn parameters to ``x`` ``[B, C, H, W]`` (uint8 or float in [0, 1]) on its device.
 
-        On the CPU the batch is processed in chunks of about ``_CHUNK_BYTES`` of float32 working set,
-        so that the dozens of elementwise passes run in the cache (and large temporaries do not go
-        through the allocator's mmap path, which zero-fills fresh pages on every call); each chunk
-        writes its slice of the output. On CUDA the whole batch is one chunk."""
+        On the CPU with the fused kernel available this is one call into C for the whole batch.
+        Otherwise the eager ops process the batch in chunks of about ``_CHUNK_BYTES`` of float32 working
+        set on the CPU, so that the dozens of elementwise passes run in the cache (and large
+        temporaries do not go through the allocator's mmap path, which zero-fills fresh pages on every
+        call); each chunk writes its slice of the output. On CUDA the whole batch is one chunk."""
         if self.version != 2:
             raise RuntimeError("sample/apply are the version=2 engine; this ViewAugment has version=1")
         b, c, H, W = x.shape
-        oh, ow = (self.size, self.size) if isinstance(self.size, int) else self.size
+        oh, ow = (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
+        lib = self._fused_kernel(x, oh, ow)
+        if lib is not None:
+            return self._apply_fused(lib, x, params, oh, ow)
         step = b if x.device.type != "cpu" else max(1, _CHUNK_BYTES // (4 * c * max(oh * ow, H * W)))
         out = torch.empty(b, c, oh, ow, device=x.device)
         for s in range(0, b, step):
@@ -729,16 +747,8 @@ class ViewAugment:
         return out
 
     def _apply_chunk(self, x: torch.Tensor, params: ViewParams, out: torch.Tensor) -> None:
-        x = _to_float(x)
+        x = self._crop_jitter_eager(x, params)
         dev = x.device
-        x = resized_crop(x, params.boxes, self.size, params.flip, self.interpolation, self.antialias).clamp_(0, 1)
-        if self.jitter_p > 0:
-            x = color_jitter_per_sample(x, params.jitter, params.order,
-                                        (params.brightness, params.contrast, params.saturation, params.hue))
-        if x.shape[1] == 3 and self.grayscale_p > 0:
-            idx = torch.nonzero(params.gray).squeeze(1).to(dev)
-            if idx.numel():
-                x.index_copy_(0, idx, luma(x.index_select(0, idx)).expand(-1, 3, -1, -1))
         if self.blur_p > 0:
             idx = torch.nonzero(params.blur).squeeze(1)
             if idx.numel():
@@ -751,6 +761,59 @@ class ViewAugment:
         mean = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
         inv_std = 1.0 / torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
         torch.addcmul((-mean * inv_std).expand_as(out), x, inv_std, out=out)
+
+    def _crop_jitter_eager(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        x = _to_float(x)
+        dev = x.device
+        x = resized_crop(x, params.boxes, self.size, params.flip, self.interpolation, self.antialias).clamp_(0, 1)
+        if self.jitter_p > 0:
+            x = color_jitter_per_sample(x, params.jitter, params.order,
+                                        (params.brightness, params.contrast, params.saturation, params.hue))
+        if x.shape[1] == 3 and self.grayscale_p > 0:
+            idx = torch.nonzero(params.gray).squeeze(1).to(dev)
+            if idx.numel():
+                x.index_copy_(0, idx, luma(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+        return x
+
+    def _fused_kernel(self, x: torch.Tensor, oh: int, ow: int):
+        """The C library of :mod:`training.fastaug` when this call can use it (CPU, ``fused=True``, the
+        library builds, the blur's reflect padding is valid), else ``None``."""
+        if x.device.type != "cpu" or not self.fused:
+            return None
+        if self.blur_p > 0:
+            kx, ky = (self.blur_kernel,) * 2 if isinstance(self.blur_kernel, int) else self.blur_kernel
+            if kx // 2 >= ow or ky // 2 >= oh:
+                return None  # the eager path raises torch's own error for this padding
+        return _fastaug.library()
+
+    def _apply_fused(self, lib, x: torch.Tensor, params: ViewParams, oh: int, ow: int) -> torch.Tensor:
+        """:meth:`apply` with the C kernel: one call for the batch, each image cropped (from uint8, when
+        every box is enlarged bilinearly; else the eager crop runs first), jittered, blurred, solarised
+        and normalised while it sits in the core's cache."""
+        b, c = x.shape[:2]
+        if _fastaug.can_crop(x, params.boxes, (oh, ow), self.interpolation):
+            out, x8 = torch.empty(b, c, oh, ow), x.contiguous()
+        else:
+            out = resized_crop(_to_float(x), params.boxes, (oh, ow), params.flip, self.interpolation,
+                               self.antialias).clamp_(0, 1).contiguous()
+            x8 = None
+        if self.jitter_p > 0:
+            ops, fac = _fastaug.jitter_codes(params.jitter, params.order, (params.brightness, params.contrast,
+                                                                           params.saturation, params.hue), c)
+        else:
+            ops, fac = torch.full((b, 1), -1, dtype=torch.int32), torch.zeros(b, 1)
+        off = torch.zeros(b, dtype=torch.bool)
+        gray = params.gray if (c == 3 and self.grayscale_p > 0) else off
+        if self.blur_p > 0:
+            kxn, kyn = (self.blur_kernel,) * 2 if isinstance(self.blur_kernel, int) else self.blur_kernel
+            blur, kx, ky = params.blur, gaussian_kernels(params.sigma, kxn), gaussian_kernels(params.sigma, kyn)
+        else:
+            blur, kx, ky = off, torch.ones(b, 1), torch.ones(b, 1)
+        solar = params.solarize if self.solarize_p > 0 else off
+        mean = torch.tensor(self.mean, dtype=torch.float32).expand(c)
+        std = torch.tensor(self.std, dtype=torch.float32).expand(c)
+        return _fastaug.view(lib, out, x8, params.boxes, params.flip, ops, fac, gray, blur, kx, ky, solar,
+                             self.solarize_threshold, 1.0 / std, -mean / std)
 
     # ------------------------------------------------------------------ both
     def _normalise(self, x):

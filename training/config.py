@@ -53,7 +53,7 @@ DEFAULTS: dict = {
                 "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "jitter_p": 0.8, "grayscale_p": 0.2,
                 "blur_p": 0.0, "blur_kernel": 3, "blur_sigma": [0.1, 2.0], "mean": [0.5], "std": [0.5],
                 "interpolation": "bilinear", "antialias": True, "solarize_p": 0.0, "solarize_threshold": 0.5,
-                "version": 1,
+                "version": 1, "fused": True,
                 "small_crops": 0, "small_size": None, "small_scale": [0.05, 0.4], "view2": None},
     # name: sgd | adam | adamw | lars; schedule: warmup_cosine | constant; warmup_steps overrides
     # warmup_epochs; weight_decay_end: cosine weight-decay schedule (DINO); grad_clip_*: None = off.
