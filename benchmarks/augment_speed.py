@@ -19,7 +19,9 @@ a ``[N, H, W, 3]`` array like torchvision's CIFAR10 / STL10 datasets):
 * ``torchvision PIL, DataLoader(workers=N)``: the same dataset through a ``DataLoader`` with ``N`` =
   CPU count worker processes (the usual multi-core setup), after the first batch;
 * ``engine vK, 1 thread``: ``ViewAugment(version=K)`` on uint8 ``[B, 3, H, W]`` batches,
-  ``torch.set_num_threads(1)`` -- one core;
+  ``torch.set_num_threads(1)`` -- one core; for version 2 this is the fused C kernel
+  (``training/fastaug.py``) when it builds, and ``engine v2-eager`` is the same with ``fused=False``
+  (the eager torch ops that run without a C compiler);
 * ``engine vK, T threads``: the same with all of torch's threads (the trainer's setting);
 * ``engine vK, cuda``: the same on the GPU, when there is one.
 
@@ -43,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, Timer, machine_info, print_machine, write_json
+from training import fastaug
 from training.augment import ViewAugment
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -127,9 +130,17 @@ def bench_recipe(name: str, args, rows: list) -> None:
     tv1 = report("torchvision PIL, 1 process", wall, cpu, n)
     # ---- engine, 1 thread and all threads
     eng = {}
+    variants = []
     for version in args.versions:
-        aug = ViewAugment(**r, mean=MEAN, std=STD, version=version)
+        variants.append((version, True))
+        if version == 2 and not args.no_eager:
+            variants.append((version, False))
+    for version, fused in variants:
+        aug = ViewAugment(**r, mean=MEAN, std=STD, version=version, fused=fused)
         g = torch.Generator().manual_seed(0)
+        kernel = version == 2 and fused and fastaug.library() is not None  # the C kernel really runs
+        if version == 2 and not fused:
+            version = "2-eager"
 
         def run(x=x_u8, aug=aug, g=g):
             for s in range(0, n, B):
@@ -140,7 +151,7 @@ def bench_recipe(name: str, args, rows: list) -> None:
             aug(x_u8[:B], g)  # warm-up
             wall, cpu = best_of(args.repeats, run)
             eng[(version, t)] = report(f"engine v{version}, {t} thread{'s' if t > 1 else ''}", wall, cpu, n,
-                                       version=version, threads=t, batch=B)
+                                       version=version, threads=t, batch=B, fused_kernel=kernel)
         if torch.cuda.is_available() and not args.no_cuda:
             xc = x_u8.cuda()
             aug(xc[:B], g)
@@ -171,7 +182,7 @@ def bench_recipe(name: str, args, rows: list) -> None:
         tvn = report(f"torchvision PIL, DataLoader(workers={workers})", wall, cpu, n, workers=workers)
         del loader
     # ---- ratios
-    for version in args.versions:
+    for version in [v if f else "2-eager" for v, f in variants]:
         ratios = {"per_core_engine_1thread_over_torchvision_1process": eng[(version, 1)] / tv1}
         if tvn:
             ratios[f"machine_engine_{threads}threads_over_dataloader_{workers}workers"] = eng[(version, threads)] / tvn
@@ -190,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--versions", default="2,1", help="engine versions to time (default 2,1)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPU count; 0 skips)")
     p.add_argument("--no-cuda", action="store_true")
+    p.add_argument("--no-eager", action="store_true",
+                   help="skip the v2 eager-torch rows (fused=False: what runs without a C compiler)")
     p.add_argument("--out", default=str(RESULTS / "augment_speed.json"))
     args = p.parse_args(argv)
     args.versions = [int(v) for v in str(args.versions).split(",") if v.strip()]
