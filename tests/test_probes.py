@@ -674,3 +674,20 @@ def test_speed_benchmark_smoke(tmp_path):
     assert {"linear", "knn k=20 T=0.07", "knn k=200 T=0.1", "fewshot 2x2"} <= probes_run
     assert res["machine"]["cpu_count"] and res["machine"]["torch"] == torch.__version__
     assert all(r["seconds"] >= 0 and 0.0 <= r["accuracy"] <= 1.0 for r in res["results"])
+
+
+def test_knn_bounds_benchmark_smoke(tmp_path):
+    """benchmarks/knn_bounds.py runs end to end on tiny sizes; its lower bounds are sums of its rows."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "knn_bounds.py"
+    spec = importlib.util.spec_from_file_location("knn_bounds", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "kb.json"
+    assert bench.main(["--n", "2000", "--queries", "300", "--dim", "32", "--chunk", "128", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    rows = {r["row"]: r["seconds"] for r in json.loads(out.read_text())["results"]}
+    assert {"knn_probe k=20 (fp32, exact)", "matmul int8 (torch._int_mm)", "top-k k=20 of fp32 scores"} <= set(rows)
+    assert rows["lower bound fp32 + top-k k=20"] == pytest.approx(rows["matmul fp32"] + rows["top-k k=20 of fp32 scores"])
