@@ -614,3 +614,14 @@ def test_v2_hue_edge_cases_match_torchvision(fused):
                       grayscale_p=0.2, mean=(0.5,) * 3, std=(0.5,) * 3, version=2, fused=fused)
     p = aug.sample(x.shape, torch.Generator().manual_seed(9))
     torch.testing.assert_close(aug.apply(x, p), tv_replay(aug, x, p), rtol=0, atol=1e-4)
+
+
+def test_fused_kernel_refuses_boxes_outside_the_image():
+    _need_kernel()
+    x = _images(3, 16, 2, 1)
+    aug = ViewAugment(size=16, version=2)
+    p = aug.sample(x.shape, torch.Generator().manual_seed(0))
+    top, left, h, w = p.boxes
+    p.boxes = (top, left + 16, h, w)  # every box shifted off the right edge
+    with pytest.raises(ValueError, match="inside the 16x16 images"):
+        aug.apply(x, p)

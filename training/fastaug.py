@@ -153,6 +153,11 @@ def view(lib, out: torch.Tensor, x8, boxes, flip, ops, fac, gray, blur, kx, ky, 
     if x8 is not None:
         assert x8.dtype == torch.uint8 and x8.is_contiguous() and tuple(x8.shape[:2]) == (b, c)
         bx = torch.stack([torch.as_tensor(t).to(torch.int32) for t in boxes], 1).contiguous()
+        top, left, bh, bw = bx.unbind(1)
+        if bool(((top < 0) | (left < 0) | (bh < 1) | (bw < 1) | (top + bh > x8.shape[2])
+                 | (left + bw > x8.shape[3])).any()):  # the kernel reads inside the box without checks
+            raise ValueError(f"crop boxes must lie inside the {x8.shape[2]}x{x8.shape[3]} images "
+                             f"(top, left >= 0, top + h <= H, left + w <= W)")
         fl = i32(flip)
         src, H, W, pb, pf = x8.data_ptr(), x8.shape[2], x8.shape[3], bx.data_ptr(), fl.data_ptr()
     else:
