@@ -2,9 +2,9 @@
 
 Eager torch runs each elementwise op as its own pass over the whole chunk of images; the colour jitter
 alone is some 60 passes, and the bilinear ``grid_sample`` is not vectorised on this CPU. The C file
-next to this module (``_fastaug.c``) does crop + colour jitter + grayscale one image at a time, so
-all passes over an image run in the core's cache, images spread over torch's thread count with
-OpenMP.
+next to this module (``_fastaug.c``) does a whole view -- crop from uint8 + flip, colour jitter in
+the image's own order, grayscale, blur, solarize, normalisation -- one image at a time, so all passes
+over an image run in the core's cache, images spread over torch's thread count with OpenMP.
 
 The library is compiled once per source / compiler / machine with the system C compiler
 (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into ``$SSLZOO_HOME/fastaug/<hash>/`` (default
