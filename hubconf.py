@@ -6,15 +6,16 @@
 
 Each entry returns an encoder mapping images [B,C,H,W] to features [B,D], in eval mode, with
 ``.preprocess``, ``.pretrained_cfg`` and ``.weights_sha256`` attached.
+
+A thin shell: nothing here but one function per registry entry. torch.hub offers no hook for an
+unknown entry name (it answers "Cannot find callable X in hubconf"), so "did you mean" lives in
+``sslzoo info NAME`` and ``zoo.hub.create_model(NAME)``; this file patches nothing.
 """
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub"]
-
-import torch as _torch  # noqa: E402
 
 from zoo.hub import create_model as _create_model  # noqa: E402
 from zoo.hub import get_preprocessor as _get_preprocessor  # noqa: E402
 from zoo.registry import REGISTRY as _REGISTRY  # noqa: E402
-from zoo.registry import suggest as _suggest  # noqa: E402
 
 
 def _entry(name):
@@ -34,21 +35,3 @@ def preprocessor(name):
     """The preprocessing of zoo model ``name`` (a callable: PIL image or uint8 tensor -> normalised
     float tensor; resize -> centre crop -> channel conversion -> mean/std)."""
     return _get_preprocessor(name)
-
-
-# torch.hub answers an unknown entry with "Cannot find callable X in hubconf"; add the closest
-# registry names to that message (same exception type, so callers catching RuntimeError still work).
-_orig_load_entry = getattr(_torch.hub, "_load_entry_from_hubconf", None)
-if _orig_load_entry is not None and not getattr(_orig_load_entry, "_sslzoo", False):
-    def _load_entry_with_hint(m, model):
-        try:
-            return _orig_load_entry(m, model)
-        except RuntimeError as e:
-            if isinstance(model, str) and "_REGISTRY" in dir(m):
-                close = _suggest(model, list(m._REGISTRY) + ["preprocessor"])
-                if close:
-                    raise RuntimeError(f"{e}; did you mean {', '.join(close)}?") from None
-            raise
-
-    _load_entry_with_hint._sslzoo = True
-    _torch.hub._load_entry_from_hubconf = _load_entry_with_hint

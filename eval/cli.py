@@ -1,19 +1,14 @@
 """``sslzoo eval`` and ``sslzoo leaderboard`` (also ``python -m eval``)."""
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
+
+from zoo.base import check_out_path, parse_int_list
+
+from .protocols import PROTOCOLS
 
 DEFAULT_MODEL = "simclr_resnet18w16_d1024_fashion_mnist"
 DEFAULT_DATASET = "fashion-mnist"
-
-
-def _int_list(s: str, what: str = "value") -> tuple:
-    try:
-        return tuple(int(v) for v in s.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"{what} expects comma-separated integers, got {s!r}") from None
 
 
 def add_parsers(sub) -> None:
@@ -21,13 +16,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or zoo folder (default {DEFAULT_MODEL})")
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help="catalogue name, folder:PATH or npz:PATH (default fashion-mnist)")
+    trained = "".join(f" and {name} (trains the encoder: slow)" for name in PROTOCOLS)
     p.add_argument("--probes", default="linear,fewshot,knn",
-                   help="any of linear, fewshot, knn (frozen features) and finetune (trains the encoder: slow)")
+                   help=f"any of linear, fewshot, knn (frozen features){trained}")
     p.add_argument("--shots", default="1,5,10,20,50,100", help="few-shot k per class")
-    p.add_argument("--seeds", default="0,1,2", help="few-shot (and finetune) seeds")
-    p.add_argument("--fractions", default="0.01,0.1,1.0", help="finetune: label fractions of train")
-    p.add_argument("--finetune-epochs", type=int, default=30, help="finetune: epochs per learning rate")
-    p.add_argument("--finetune-lrs", default="0.01,0.03,0.1", help="finetune: learning-rate grid")
+    p.add_argument("--seeds", default="0,1,2", help="few-shot" + "".join(f" (and {n})" for n in PROTOCOLS) + " seeds")
+    for protocol in PROTOCOLS.values():
+        protocol.add_arguments(p)
     p.add_argument("--baselines", default="pixels,random-init",
                    help="extra rows: pixels, random-init (same architecture untrained); 'none' for none")
     p.add_argument("--root", default=None, help="dataset folder (default $SSLZOO_DATA/<name>)")
@@ -54,22 +49,6 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run_leaderboard)
 
 
-def check_out_path(path, what: str = "--out") -> Path:
-    """Refuse, before any work, an output path that cannot be written: its folder must exist and
-    be writable, and the path itself may not be a folder."""
-    p = Path(path).expanduser()
-    parent = p.parent
-    if not parent.exists():
-        raise ValueError(f"{what} {path}: folder {parent} does not exist; create it first")
-    if not parent.is_dir():
-        raise ValueError(f"{what} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {path}: folder {parent} is not writable")
-    if p.is_dir():
-        raise ValueError(f"{what} {path} is a folder; give a file path")
-    return p
-
-
 def run_eval(args) -> int:
     from .run import evaluate, parse_probes
     from .tables import make_table, render, render_summary, write_table
@@ -81,22 +60,18 @@ def run_eval(args) -> int:
             check_out_path(out.with_suffix(suffix))
     baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
     probes = parse_probes(args.probes)
-    frozen = [p for p in probes if p != "finetune"]
-    seeds = _int_list(args.seeds, "--seeds")
+    frozen = [p for p in probes if p not in PROTOCOLS]
+    trained = [PROTOCOLS[p] for p in probes if p in PROTOCOLS]
+    seeds = parse_int_list(args.seeds, "--seeds")
+    prepared = {protocol.name: protocol.prepare(args) for protocol in trained}  # bad input before any work
     info: dict = {}
     rows = []
-    if "finetune" in probes:  # the protocol trains the encoder, so it lives in training/ (imported only when asked)
-        from training.finetune import parse_fractions, parse_lrs
-
-        fractions, lrs = parse_fractions(args.fractions), parse_lrs(args.finetune_lrs)  # bad input before any work
-        if args.finetune_epochs < 1:
-            raise ValueError(f"--finetune-epochs must be >= 1, got {args.finetune_epochs}")
     from . import distributed as D
 
     D.init_from_env()  # under torchrun: join the process group; rank 0 alone prints
     try:
         if frozen:
-            rows += evaluate(args.model, args.dataset, probes=frozen, shots=_int_list(args.shots, "--shots"),
+            rows += evaluate(args.model, args.dataset, probes=frozen, shots=parse_int_list(args.shots, "--shots"),
                              seeds=seeds, baselines=baselines, root=args.root, download=args.download,
                              precision=args.precision, batch_size=args.batch_size, cache=not args.no_cache,
                              force=args.force, info=info, feature_store=args.feature_store,
@@ -105,15 +80,12 @@ def run_eval(args) -> int:
             return 0
     finally:
         D.shutdown()
-    if "finetune" in probes:
-        from training.finetune import evaluate_finetune
-
-        ft_info: dict = {}
-        rows += evaluate_finetune(args.model, args.dataset, fractions=fractions, seeds=seeds, lrs=lrs,
-                                  epochs=args.finetune_epochs, root=args.root, download=args.download,
-                                  force=args.force or args.no_cache, info=ft_info)
+    for protocol in trained:
+        protocol_info: dict = {}
+        rows += protocol.evaluate(args.model, args.dataset, seeds=seeds, root=args.root, download=args.download,
+                                  force=args.force or args.no_cache, info=protocol_info, **prepared[protocol.name])
         for k in ("reused", "computed"):
-            info[k] = info.get(k, 0) + ft_info[k]
+            info[k] = info.get(k, 0) + protocol_info[k]
     df = make_table(rows)
     if out is not None:
         for suffix in (".md", ".csv", ".json"):
@@ -124,10 +96,8 @@ def run_eval(args) -> int:
             print("protocols: linear = logistic regression, L2 chosen on a 10% validation split of train, refit on "
                   "all train; knn = cosine, weights exp(s/T); few-shot = k per class, mean ± std over seeds; all on "
                   "test.")
-        if "finetune" in probes:
-            from training.finetune import PROTOCOL_NOTE
-
-            print(PROTOCOL_NOTE)
+        for protocol in trained:
+            print(protocol.note)
         if info.get("reused"):
             print(f"{info['reused']} of {info['reused'] + info['computed']} results came from the results store "
                   f"(same model, weights, data, protocol, seed and code version); --force recomputes them.")
@@ -166,9 +136,11 @@ def run_leaderboard(args) -> int:
 
 
 def main(argv=None) -> int:
-    from training.cli import main as sslzoo_main
+    """``python -m eval``: the zoo's and eval's sub-commands (``sslzoo`` has every sub-command)."""
+    from zoo.cli import add_parsers as add_zoo
+    from zoo.cli import run_cli
 
-    return sslzoo_main(argv)
+    return run_cli([add_zoo, add_parsers], argv)
 
 
 if __name__ == "__main__":

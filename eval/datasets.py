@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.base import SSLZooError, one_line
 
-class DatasetError(ValueError):
+
+class DatasetError(SSLZooError, ValueError):
     """Bad dataset spec or malformed files; the message is one line saying what to do.
 
     Control characters that came in with user input (a path or spec holding a newline) are shown
@@ -33,7 +35,7 @@ class DatasetError(ValueError):
 
     def __init__(self, message="", *args):
         if isinstance(message, str):
-            message = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+            message = one_line(message)
         super().__init__(message, *args)
 
 

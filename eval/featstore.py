@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from zoo.io import atomic_write_text
+from zoo.base import SSLZooError, atomic_write_text, fsync_dir, replace_dir
 
 from . import distributed as D
 from .features import model_fingerprint
@@ -42,7 +42,7 @@ DTYPES = {"fp16": np.float16, "fp32": np.float32}
 __all__ = ["FeatureStore", "StoreFormatError", "extract_to_store", "shard_batches", "store_from_chunks"]
 
 
-class StoreFormatError(ValueError):
+class StoreFormatError(SSLZooError, ValueError):
     """A folder that is not a complete feature store; one line saying what is wrong."""
 
 
@@ -214,18 +214,8 @@ def new_tmp_dir(dest: Path) -> Path:
 
 def publish_dir(tmp: Path, dest: Path) -> None:
     """Move a finished temporary folder into place (replacing an older store of the same name)."""
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-    fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_dir(tmp, dest)
+    fsync_dir(dest.parent)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,15 +18,12 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from zoo.base import home
 from zoo.io import WeightsError, atomic_save_safetensors
 
 from .datasets import ImageSplit
 
 FEATURE_FORMAT = 2  # 2: the features' sha256 is recorded in the file's metadata and checked on read
-
-
-def sslzoo_home() -> Path:
-    return Path(os.environ.get("SSLZOO_HOME", Path.home() / ".cache" / "sslzoo")).expanduser()
 
 
 def params_sha256(model: torch.nn.Module) -> str:
@@ -82,7 +78,7 @@ def extract(model: torch.nn.Module, split: ImageSplit, *, preprocess=None, batch
         raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     labels = torch.as_tensor(np.asarray(split.targets), dtype=torch.int64)
     key = cache_key(model_fingerprint(model), split, preprocess, precision)
-    path = sslzoo_home() / "features" / f"{key}.safetensors"
+    path = home() / "features" / f"{key}.safetensors"
     if cache and path.is_file():
         feats = _read_cached(path, len(split))
         if feats is not None:

@@ -15,31 +15,38 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zoo.base import home
 from zoo.hub import create_model
 
 from . import distributed as D
 from .datasets import DatasetError, load_split
-from .features import Pixels, cache_key, extract, model_fingerprint, sslzoo_home
+from .features import Pixels, cache_key, extract, model_fingerprint
 from .probes import fewshot_probe, knn_probe, linear_probe
+from .protocols import PROTOCOLS
 from .store import Result, ResultStore, aggregate, code_version
 
-__all__ = ["PROBES", "CLI_PROBES", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
+__all__ = ["PROBES", "cli_probes", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
            "evaluate", "check_inputs", "model_label", "dataset_label", "data_fingerprint"]
 
-PROBES = ("linear", "fewshot", "knn")  # frozen-feature probes, run here
-#: what ``sslzoo eval --probes`` accepts: the frozen probes plus ``finetune``, which trains the encoder
-#: and so runs in training/finetune.py (``evaluate_finetune``); its results share the store and tables
-CLI_PROBES = PROBES + ("finetune",)
+PROBES = ("linear", "fewshot", "knn")  # frozen-feature probes, run here; protocols that train the encoder
+# (finetune) register in eval.protocols and share the store and tables
+
 KNN_SETTINGS = ((20, 0.07), (200, 0.1))  # DINO and InstDisc settings
 BASELINES = ("pixels", "random-init")
 LINEAR_VAL_FRACTION = 0.1  # eval.probes.linear_probe's default, recorded with every linear result
 
 
+def cli_probes() -> tuple:
+    """What ``--probes`` accepts: the frozen probes, then the registered protocols (:mod:`eval.protocols`)."""
+    return PROBES + tuple(PROTOCOLS)
+
+
 def parse_probes(spec: str) -> list[str]:
     items = [p.strip() for p in spec.split(",") if p.strip()]
-    bad = [p for p in items if p not in CLI_PROBES]
+    choices = cli_probes()
+    bad = [p for p in items if p not in choices]
     if bad or not items:
-        raise ValueError(f"unknown probe(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(CLI_PROBES)}")
+        raise ValueError(f"unknown probe(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(choices)}")
     return list(dict.fromkeys(items))
 
 
@@ -186,7 +193,7 @@ def _store_features(m, split, *, name, precision, batch_size, cache, dtype):
     from .featstore import FeatureStore, StoreFormatError, extract_to_store
 
     key = cache_key(model_fingerprint(m), split, m.preprocess, precision)
-    dest = sslzoo_home() / "featstores" / f"{key}-{dtype}"
+    dest = home() / "featstores" / f"{key}-{dtype}"
     reuse = False
     if D.is_main() and cache:
         try:

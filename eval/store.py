@@ -27,12 +27,13 @@ import functools
 import hashlib
 import json
 import math
-import os
 import sqlite3
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from zoo.base import SSLZooError, home
 
 __all__ = ["Result", "ResultStore", "StoreError", "aggregate", "canonical_json", "code_version", "default_path"]
 
@@ -62,16 +63,12 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class StoreError(ValueError):
+class StoreError(SSLZooError, ValueError):
     """The results store cannot be opened or read; one line saying which file and what to do."""
 
 
-def _sslzoo_home() -> Path:
-    return Path(os.environ.get("SSLZOO_HOME", Path.home() / ".cache" / "sslzoo")).expanduser()
-
-
 def default_path() -> Path:
-    return _sslzoo_home() / DB_NAME
+    return home() / DB_NAME
 
 
 def _plain(v):

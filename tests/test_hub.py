@@ -113,7 +113,8 @@ def _serve(directory):
 
 
 def test_upstream_url_is_downloaded_converted_and_cached(tmp_path):
-    from zoo.convert import download, download_path, zoo_home
+    from zoo.base import home as zoo_home
+    from zoo.convert import download, download_path
 
     # a small model in the DISSL release layout (expansion block saved as resizer.*), served on loopback HTTP
     arch = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 1, "expand_dim": 64, "expand_mid": 8}

@@ -23,11 +23,21 @@ def test_entry_points_are_the_registry():
     assert REGISTRY[BUNDLED].feature_dim == 1024
 
 
-def test_unknown_entry_suggests_closest():
-    with pytest.raises(RuntimeError, match=f"did you mean {BUNDLED}"):
+def test_unknown_entry_suggests_closest_without_patching_torch_hub():
+    """torch.hub has no hook for unknown names: hubconf leaves torch.hub untouched, and the suggestion
+    comes from zoo.hub.create_model (what every entry calls) and from `sslzoo info`."""
+    before = torch.hub._load_entry_from_hubconf
+    with pytest.raises(RuntimeError, match="Cannot find callable"):
         torch.hub.load(str(ROOT), "simclr_resnet18w16_d1024_fashion_mnst", source="local")
-    with pytest.raises(RuntimeError, match="did you mean simclr_resnet18w16_fashion_mnist"):
-        torch.hub.load(str(ROOT), "simclr_resnet18w16_fashion_mnst", source="local")
+    assert torch.hub._load_entry_from_hubconf is before
+
+    from zoo.hub import create_model
+    from zoo.registry import UnknownModel
+
+    with pytest.raises(UnknownModel, match=f"did you mean {BUNDLED}"):
+        create_model("simclr_resnet18w16_d1024_fashion_mnst")
+    with pytest.raises(UnknownModel, match="did you mean simclr_resnet18w16_fashion_mnist"):
+        create_model("simclr_resnet18w16_fashion_mnst")
 
 
 def test_bundled_model_loads_offline_and_matches_eval_features(monkeypatch):

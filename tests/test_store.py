@@ -343,7 +343,8 @@ def test_feature_cache_with_a_flipped_byte_is_recomputed_not_used(tmp_path, caps
     import torch
 
     from eval.datasets import ImageSplit
-    from eval.features import extract, sslzoo_home
+    from eval.features import extract
+    from zoo.base import home as sslzoo_home
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.base import SSLZooError
+
 from zoo.io import atomic_write_bytes
 
 # Upstream values (seeds.md 4.2). Colour-jitter strengths are torchvision's ColorJitter arguments; blur
@@ -48,7 +50,7 @@ AUGMENT_PRESETS: dict = {
 }
 
 
-class InflationError(ValueError):
+class InflationError(SSLZooError, ValueError):
     """Bad inflation input (folder, npz, check); one line saying what to do."""
 
 

@@ -1,9 +1,21 @@
-"""``sslzoo train`` and the ``sslzoo`` dispatcher (also ``python -m training``); ``convert`` / ``publish``
-live in zoo/convert.py and zoo/publish.py."""
+"""The ``sslzoo`` console script (also ``python -m training``): every sub-command of zoo, eval and training.
+
+training is the only package that sees all three layers, so the one dispatcher lives here: zoo and eval
+offer their sub-commands (``add_parsers``), training adds ``train``, ``finetune``, ``subset`` and
+``adainf``, registers the fine-tuning protocol with eval (``sslzoo eval --probes finetune``), and
+:func:`zoo.cli.run_cli` runs the chosen one with the one error handler.
+"""
 from __future__ import annotations
 
-import argparse
 import sys
+
+from eval.cli import DEFAULT_DATASET, DEFAULT_MODEL
+from eval.cli import add_parsers as add_eval
+from zoo.base import check_out_path, parse_int_list
+from zoo.cli import add_parsers as add_zoo
+from zoo.cli import run_cli
+
+from . import finetune  # noqa: F401  (registers the finetune protocol with eval)
 
 
 def add_train_parser(sub) -> None:
@@ -18,8 +30,6 @@ def add_train_parser(sub) -> None:
 
 
 def add_finetune_parser(sub) -> None:
-    from eval.cli import DEFAULT_DATASET, DEFAULT_MODEL
-
     from .finetune import BATCH_SIZE, EPOCHS, VAL_FRACTION
 
     p = sub.add_parser("finetune", help="fine-tune an encoder end to end with a linear head on a fraction of the "
@@ -45,7 +55,6 @@ def add_finetune_parser(sub) -> None:
 
 
 def run_finetune(args) -> int:
-    from eval.cli import _int_list, check_out_path
     from eval.tables import make_table, render, render_summary, write_table
 
     from .finetune import PROTOCOL_NOTE, evaluate_finetune, parse_fractions, parse_lrs
@@ -57,7 +66,7 @@ def run_finetune(args) -> int:
             check_out_path(out.with_suffix(suffix))
     info: dict = {}
     rows = evaluate_finetune(args.model, args.dataset, fractions=parse_fractions(args.fractions),
-                             seeds=_int_list(args.seeds, "--seeds"), lrs=parse_lrs(args.lrs), epochs=args.epochs,
+                             seeds=parse_int_list(args.seeds, "--seeds"), lrs=parse_lrs(args.lrs), epochs=args.epochs,
                              batch_size=args.batch_size, val_fraction=args.val_fraction, precision=args.precision,
                              root=args.root, download=args.download, device=args.device, force=args.force, info=info)
     df = make_table(rows)
@@ -95,42 +104,47 @@ def run_train(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """The ``sslzoo`` console script: every subcommand, one error line on bad input."""
-    from eval.cli import add_parsers as add_eval
-    from eval.datasets import DatasetError
-    from zoo.cli import add_parsers as add_zoo
-    from zoo.convert import add_parser as add_convert
-    from zoo.io import WeightsError
-    from zoo.publish import add_parser as add_publish
-    from zoo.registry import UnknownModel
+def add_cards_parser(sub) -> None:
+    p = sub.add_parser("cards", help="regenerate model_cards/ and the README's zoo and method tables")
+    p.add_argument("--check", action="store_true", help="exit 1 if a card or table is stale instead of writing")
+    p.set_defaults(func=run_cards)
 
-    from .adainf import InflationError
-    from .config import ConfigError
+
+def generated_readme_sections() -> dict:
+    """The README's generated tables, by marker name."""
+    from zoo.cards import render_zoo_table
+
+    return {"zoo-table": render_zoo_table()}
+
+
+def run_cards(args) -> int:
+    from zoo.cards import update_readme, write_cards
+
+    stale = write_cards(check=args.check)
+    stale_tables = update_readme(generated_readme_sections(), check=args.check)
+    if args.check and (stale or stale_tables):
+        what = [f"model cards: {', '.join(stale)}"] if stale else []
+        what += [f"README tables: {', '.join(stale_tables)}"] if stale_tables else []
+        print(f"stale {'; '.join(what)}; run `sslzoo cards`", file=sys.stderr)
+        return 1
+    print(f"{len(stale)} card(s) and {len(stale_tables)} README table(s) {'stale' if args.check else 'written'}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """``cards``, ``train``, ``subset``, ``adainf``, ``finetune``."""
     from .data_cli import add_adainf_parser, add_subset_parser
-    from .subsets import SubsetError
-    from .trainer import TrainingError
 
-    parser = argparse.ArgumentParser(prog="sslzoo", description="self-supervised encoders: zoo, probes, training")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_zoo(sub)
-    add_convert(sub)
-    add_publish(sub)
-    add_eval(sub)
+    add_cards_parser(sub)
     add_train_parser(sub)
     add_subset_parser(sub)
     add_adainf_parser(sub)
     add_finetune_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (DatasetError, WeightsError, UnknownModel, ConfigError, TrainingError, SubsetError, InflationError,
-            ValueError) as e:
-        print(f"sslzoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sslzoo {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+
+def main(argv=None) -> int:
+    """The ``sslzoo`` console script: every sub-command, one error line on bad input."""
+    return run_cli([add_zoo, add_eval, add_parsers], argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from zoo.base import SSLZooError
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
@@ -73,7 +75,7 @@ DEFAULTS: dict = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(SSLZooError, ValueError):
     """A recipe or override that cannot be used; one line saying what to change."""
 
 

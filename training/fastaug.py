@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from zoo.base import home
+
 SOURCE = Path(__file__).with_name("_fastaug.c")
 
 _lock = threading.Lock()
@@ -40,10 +42,9 @@ def _compiler() -> str | None:
 
 
 def _build_dir(src: bytes, cc: str) -> Path:
-    from zoo.convert import zoo_home
 
     key = hashlib.sha256(src + cc.encode() + platform.machine().encode() + platform.node().encode()).hexdigest()[:16]
-    return zoo_home() / "fastaug" / key
+    return home() / "fastaug" / key
 
 
 def _build(cc: str, out: Path) -> None:

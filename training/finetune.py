@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eval.protocols import TrainedProtocol, register_protocol
+
 from .augment import ViewAugment
 from .optim import param_groups, warmup_cosine
 from .trainer import TrainingError
@@ -281,3 +283,23 @@ def evaluate_finetune(model_spec, dataset: str, *, fractions=FRACTIONS, seeds=(0
 PROTOCOL_NOTE = ("finetune = encoder + zero-initialised linear head trained end to end on the stated fraction of the "
                  "train labels; (lr, epoch) chosen on a validation split carved from train, never test; test accuracy "
                  "of the selected model, mean ± std over seeds.")
+
+
+# ----------------------------------------------------------------------------- `sslzoo eval --probes finetune`
+
+
+def _eval_arguments(p) -> None:
+    p.add_argument("--fractions", default="0.01,0.1,1.0", help="finetune: label fractions of train")
+    p.add_argument("--finetune-epochs", type=int, default=30, help="finetune: epochs per learning rate")
+    p.add_argument("--finetune-lrs", default="0.01,0.03,0.1", help="finetune: learning-rate grid")
+
+
+def _eval_prepare(args) -> dict:
+    fractions, lrs = parse_fractions(args.fractions), parse_lrs(args.finetune_lrs)
+    if args.finetune_epochs < 1:
+        raise ValueError(f"--finetune-epochs must be >= 1, got {args.finetune_epochs}")
+    return {"fractions": fractions, "lrs": lrs, "epochs": args.finetune_epochs}
+
+
+register_protocol(TrainedProtocol(name="finetune", add_arguments=_eval_arguments, prepare=_eval_prepare,
+                                  evaluate=evaluate_finetune, note=PROTOCOL_NOTE))

@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.base import SSLZooError
+
 from zoo.io import atomic_write_bytes
 
 SUBSET_FORMAT = "sslzoo.subset"
 SUBSET_VERSION = 1
 
 
-class SubsetError(ValueError):
+class SubsetError(SSLZooError, ValueError):
     """A subset file or request that cannot be used; one line saying what to do."""
 
     def __init__(self, message="", *args):

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from eval import distributed as D
 from eval.datasets import load_split
 from zoo.backbones import build_resnet
+from zoo.base import SSLZooError
 from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 
 from .augment import ViewAugment
@@ -46,7 +47,7 @@ __all__ = ["Trainer", "TrainingError", "build_model", "build_optimizer", "build_
 _VIEW_KEYS = ("preset", "small_crops", "small_size", "small_scale", "view2")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SSLZooError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); one line with the step and a hint."""
 
 

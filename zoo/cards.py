@@ -1,20 +1,25 @@
-"""Model cards, generated from the registry (never hand-edited).
+"""Model cards and the README's zoo table, generated from the registry (never hand-edited).
 
-``python -m zoo cards`` rewrites ``model_cards/NAME.md`` for every record; ``--check`` fails when a
-card on disk differs from what the registry generates (the test suite runs the check).
+``sslzoo cards`` rewrites ``model_cards/NAME.md`` for every record and the README's generated tables
+(between ``<!-- NAME:start -->`` / ``<!-- NAME:end -->`` markers: the zoo table from here, the method
+table from the training layer); ``--check`` fails when a card or table on disk differs from what the
+registry generates (the test suite runs the check).
 The front matter follows the HF Hub model-card metadata (``library_name``, ``pipeline_tag``,
 ``license``, ``tags``, ``model-index``) so the same text serves as a mirror's README.md.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
+from tabulate import tabulate
 
-from .io import atomic_write_text
+from .base import SSLZooError, atomic_write_text
 from .registry import REGISTRY, ModelRecord
 
 CARD_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def card_path(name: str) -> Path:
@@ -117,4 +122,61 @@ def write_cards(check: bool = False) -> list[str]:
             stale.append(name)
             if not check:
                 atomic_write_text(p, text)
+    return stale
+
+
+# ----------------------------------------------------------------------------- the zoo table
+
+
+def zoo_rows() -> list[dict]:
+    """One row per registry entry (the default model first, then registry order): what ``sslzoo list``
+    prints and the README's zoo table shows."""
+    records = sorted(REGISTRY.values(), key=lambda r: "default" not in r.tags)  # stable: registry order kept
+    rows = []
+    for r in records:
+        a = r.arch
+        arch = a["arch"] + (f" w{a['width']}" if a.get("width", 64) != 64 else "")
+        if a.get("expand_dim"):
+            arch += f" + expansion {a.get('expand_mid')}->{a['expand_dim']}"
+        if a.get("in_chans", 3) != 3:
+            arch += f", {a['in_chans']} channel{'s' if a['in_chans'] > 1 else ''}"
+        if r.metrics:
+            m = r.metrics[0]
+            how = " [upstream claim]" if m.is_claim else f" ({m.protocol.split(' (')[0]}, measured here)"
+            headline = f"{m.value:.1f}% {m.dataset} {m.split}{how}"
+        else:
+            headline = "no result recorded yet"
+        rows.append({"name": r.name + (" (default)" if "default" in r.tags else ""), "method": r.method,
+                     "arch": arch, "dim": r.feature_dim, "data": r.train_data.split(" (")[0], "headline": headline,
+                     "weights": r.weights.describe()})
+    return rows
+
+
+def render_zoo_table() -> str:
+    return tabulate(zoo_rows(), headers="keys", tablefmt="github", disable_numparse=True) + "\n"
+
+
+# ----------------------------------------------------------------------------- generated README sections
+
+
+def _section(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- {re.escape(name)}:start[^>]*-->\n)(.*?)(<!-- {re.escape(name)}:end -->)", re.S)
+
+
+def update_readme(sections: dict, check: bool = False, readme: Path = README) -> list[str]:
+    """Replace each generated section ``{name: text}`` of the README between its markers, or with
+    ``check`` return the names of the sections that are stale. A missing marker is an error."""
+    text = readme.read_text(encoding="utf-8")
+    new, stale = text, []
+    for name, body in sections.items():
+        pattern = _section(name)
+        match = pattern.search(new)
+        if match is None:
+            raise SSLZooError(f"{readme} has no generated section {name!r}: add the lines "
+                              f"'<!-- {name}:start -->' and '<!-- {name}:end -->' where it goes")
+        if match.group(2) != body:
+            stale.append(name)
+            new = new[:match.start(2)] + body + new[match.end(2):]
+    if stale and not check:
+        atomic_write_text(readme, new)
     return stale

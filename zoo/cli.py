@@ -1,54 +1,89 @@
-"""``sslzoo list`` and ``sslzoo info`` (also ``python -m zoo``)."""
+"""The zoo's sub-commands (``list``, ``info``, ``convert``, ``publish``; also ``python -m zoo``)
+and :func:`run_cli`, the one runner every package's command line goes through: one parser, one error
+handler (:class:`zoo.base.SSLZooError` -> one line, exit 2), library log lines shown to the user.
+
+Each package offers its sub-commands as ``add_parsers(sub)`` and never imports a package above it; the
+``sslzoo`` console script (:mod:`training.cli`, the only package that sees all three) assembles them.
+"""
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import sys
 
+from .base import SSLZooError, error_line
 from .registry import REGISTRY, get_record
+
+PACKAGE_LOGGERS = ("zoo", "eval", "training")
+
+
+class _StdoutHandler(logging.Handler):
+    """The message alone, on whatever ``sys.stdout`` is when the record is emitted."""
+
+    def emit(self, record):
+        try:
+            print(self.format(record), file=sys.stdout, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def show_library_logs(level=logging.INFO) -> None:
+    """Library code logs through ``logging`` (one logger per package); a command-line user sees INFO
+    and above of those loggers as plain lines on stdout. Idempotent."""
+    for name in PACKAGE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+            logger.addHandler(_StdoutHandler())
+        if logger.level == logging.NOTSET or logger.level > level:
+            logger.setLevel(level)
+
+
+def run_cli(adders, argv=None, prog: str = "sslzoo") -> int:
+    """Build one parser from ``adders`` (each ``add_parsers(sub)``), run the chosen sub-command and turn
+    every ssl-zoo error (and ValueError from argument checks) into ``sslzoo CMD: error: ...``, exit 2."""
+    parser = argparse.ArgumentParser(prog=prog, description="self-supervised encoders: zoo, probes, training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in adders:
+        add(sub)
+    args = parser.parse_args(argv)
+    show_library_logs()
+    try:
+        return args.func(args)
+    except (SSLZooError, ValueError) as e:
+        print(error_line(args.command, e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sslzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def add_parsers(sub) -> None:
+    """``list``, ``info``, ``convert``, ``publish``."""
+    from .convert import add_parser as add_convert
+    from .publish import add_parser as add_publish
+
+    add_zoo_parsers(sub)
+    add_convert(sub)
+    add_publish(sub)
+
+
+def add_zoo_parsers(sub) -> None:
     p = sub.add_parser("list", help="every zoo model, one row each")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run_list)
     p = sub.add_parser("info", help="one model's record, card and where its weights resolve from")
     p.add_argument("name")
     p.set_defaults(func=run_info)
-    p = sub.add_parser("cards", help="regenerate model_cards/ from the registry")
-    p.add_argument("--check", action="store_true", help="exit 1 if a card is stale instead of writing")
-    p.set_defaults(func=run_cards)
-
-
-def run_cards(args) -> int:
-    from .cards import write_cards
-
-    stale = write_cards(check=args.check)
-    if args.check and stale:
-        print(f"stale model cards: {', '.join(stale)}; run `sslzoo cards`", file=sys.stderr)
-        return 1
-    print(f"{len(stale)} card(s) {'stale' if args.check else 'written'}")
-    return 0
-
-
-def weights_from(r) -> str:
-    """Where ``pretrained=True`` looks first, and whether the file is pinned by sha256."""
-    w = r.weights
-    where = ["bundled" if w.bundled else None, f"hf:{w.hf_repo}" if w.hf_repo else None,
-             f"upstream {w.upstream_format}" if w.upstream_url else None]
-    return " > ".join(x for x in where if x) + ("" if w.verified else " (unverified)")
 
 
 def run_list(args) -> int:
-    rows = [{"name": r.name, "method": r.method, "arch": r.arch["arch"] + (f" w{r.arch['width']}" if r.arch.get(
-        "width", 64) != 64 else ""), "dim": r.feature_dim, "data": r.train_data.split(" (")[0],
-             "headline": r.headline().split(" (")[0], "weights": weights_from(r)}
-            for r in sorted(REGISTRY.values(), key=lambda r: r.name)]
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in sorted(REGISTRY.values(), key=lambda r: r.name)], indent=1))
     else:
-        from tabulate import tabulate
+        from .cards import render_zoo_table
 
-        print(tabulate(rows, headers="keys", tablefmt="github"))
+        print(render_zoo_table(), end="")
     return 0
 
 
@@ -74,9 +109,8 @@ def run_info(args) -> int:
 
 
 def main(argv=None) -> int:
-    from training.cli import main as sslzoo_main  # the one dispatcher, for the same error handling
-
-    return sslzoo_main(argv)
+    """``python -m zoo``: the zoo's sub-commands (``sslzoo`` has every sub-command)."""
+    return run_cli([add_parsers], argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -53,6 +52,7 @@ from pathlib import Path
 import torch
 
 from .backbones import ARCHS, build_resnet
+from .base import atomic_dir, atomic_path, home, replace_dir
 from .io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -67,11 +67,6 @@ from .preprocess import Preprocess
 
 HEADS_NAME = "heads.safetensors"
 CARD_NAME = "README.md"
-
-
-def zoo_home() -> Path:
-    """``$SSLZOO_HOME`` (default ``~/.cache/sslzoo``): downloads and converted upstream weights live here."""
-    return Path(os.environ.get("SSLZOO_HOME", Path.home() / ".cache" / "sslzoo")).expanduser()
 
 
 # ----------------------------------------------------------------------------- safe loading
@@ -155,7 +150,7 @@ def is_url(s: str) -> bool:
 
 def download_path(url: str, dest_dir: str | Path | None = None) -> Path:
     """Where :func:`download` keeps ``url``: ``<dest_dir>/<sha256(url)[:12]>-<file name>``."""
-    dest_dir = Path(dest_dir) if dest_dir else zoo_home() / "downloads"
+    dest_dir = Path(dest_dir) if dest_dir else home() / "downloads"
     base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urllib.parse.urlparse(url).path).name) or "checkpoint"
     return dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
 
@@ -168,26 +163,19 @@ def download(url: str, dest_dir: str | Path | None = None, timeout: float = 60.0
     dest_dir = dest.parent
     if dest.is_file():
         return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".part")
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "ssl-zoo"})
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(req, timeout=timeout) as r:
+        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as f, \
+                urllib.request.urlopen(req, timeout=timeout) as r:
             ctype = r.headers.get("Content-Type", "") if hasattr(r, "headers") else ""
             if ctype.startswith("text/html"):
                 raise WeightsError(f"{url} answered with an HTML page, not a checkpoint (a login or confirmation "
                                    f"page?); download the file by hand and pass it with --checkpoint")
             shutil.copyfileobj(r, f, length=1 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
     except WeightsError:
         raise
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise WeightsError(f"download of {url} failed ({type(e).__name__}: {_first_line(e)})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
@@ -431,10 +419,7 @@ def _place_folder(tmp: Path, out: Path) -> None:
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         elif out.is_dir() and (out / CONFIG_NAME).is_file():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, out)
             return
         else:
             raise WeightsError(f"{out} exists and is not a zoo folder; choose another --out")
@@ -546,9 +531,7 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
         config.update(train_data=record.train_data, paper=record.paper, description=record.description)
 
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out, place=_place_folder) as tmp:
         if heads_sd:
             tensors = {k: v.detach().clone().contiguous().cpu() for k, v in heads_sd.items()}
             atomic_save_safetensors(tensors, tmp / HEADS_NAME, {"format": "pt", "sslzoo_heads_of": name})
@@ -556,11 +539,6 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
                                "modules": sorted({k.split(".")[0] for k in tensors}), "layout": conv.heads_layout}
         save_folder(backbone_sd, config, tmp)
         atomic_write_text(tmp / CARD_NAME, folder_card(read_config(tmp)))
-        os.chmod(tmp, 0o755 & ~_umask())
-        _place_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
         cfg = read_config(out)
         print(f"converted {checkpoint} ({fmt}, sha256 {ck_sha[:12]}…) -> {out}")
@@ -570,12 +548,6 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
         if standins:
             print(f"  metadata read through inert stand-ins: {', '.join(standins)}")
     return out
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .backbones import build_resnet
+from .base import SSLZooError, home
 from .io import CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_safetensors, load_strict, read_config, sha256_file
 from .preprocess import Preprocess
 from .registry import BUNDLED_DIR, ModelRecord, get_record
@@ -55,10 +56,10 @@ def _from_upstream(record: ModelRecord) -> Path:
     """The upstream checkpoint converted into ``$SSLZOO_HOME/upstream/NAME`` (downloaded and converted on
     first use; the raw download is deleted afterwards). A cached conversion whose file no longer matches its
     ``config.json`` sha256 is refused."""
-    from .convert import convert, download_path, is_url, zoo_home
+    from .convert import convert, download_path, is_url
 
     w = record.weights
-    folder = zoo_home() / "upstream" / record.name
+    folder = home() / "upstream" / record.name
     if is_zoo_folder(folder):
         cfg = read_config(folder)
         if cfg.get("source", {}).get("upstream_url") == w.upstream_url:
@@ -130,7 +131,7 @@ def resolve_weights(record: ModelRecord, weights: str | Path | None = None) -> t
     raise WeightsError(f"no usable weights for {record.name}: " + " | ".join(reasons))
 
 
-class InputError(ValueError):
+class InputError(SSLZooError, ValueError):
     """Images the encoder cannot take (wrong rank, channel count, too small); one line saying what to do."""
 
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from .preprocess import Preprocess
-from .registry import Metric, ModelRecord, WeightSource, register
+from .records import Metric, ModelRecord, WeightSource
+
+RECORDS: list[ModelRecord] = []  # in registry order
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 _MEASURED = "measured here: `sslzoo eval`, 2026-11-24"
 _MEASURED_D1024 = "measured here: `sslzoo eval` (README main job) from a clean clone at c461ae6, 2026-11-25"
 
-register(ModelRecord(
+RECORDS.append(ModelRecord(
     name="simclr_resnet18w16_fashion_mnist",
     description="SimCLR ResNet-18 (width 16, 3x3 stride-1 stem, max-pool kept) trained here on Fashion-MNIST",
     arch={"arch": "resnet18", "stem": "cifar", "stem_padding": 1, "maxpool": True, "width": 16, "in_chans": 1},
@@ -31,7 +33,7 @@ register(ModelRecord(
     tags=("bundled", "trained-here"),
 ))
 
-register(ModelRecord(
+RECORDS.append(ModelRecord(
     name="simclr_resnet18w16_d1024_fashion_mnist",
     description="SimCLR ResNet-18 (width 16, 3x3 stride-1 stem, max-pool kept) + DISSL expansion block "
                 "(128 -> 1024, tiled identity) trained here on Fashion-MNIST",

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from .base import SSLZooError, atomic_write_bytes
+
 from .convert import CARD_NAME, HEADS_NAME, folder_card
 from .io import (
     CONFIG_NAME,
@@ -40,7 +42,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-
 REQUIRED_META = ("library_name", "pipeline_tag")
 
 
-class PublishError(ValueError):
+class PublishError(SSLZooError, ValueError):
     """A folder that cannot be published, or a failed upload / commit; one line."""
 
 
@@ -126,9 +128,7 @@ def publish_local_git(staging: Path, names: list[str], repo: str | Path, message
         if (repo / stale).exists():
             _git(repo, "rm", "-q", "--", stale)
     for n in names:
-        tmp = repo / f".{n}.tmp"
-        shutil.copyfile(staging / n, tmp)
-        os.replace(tmp, repo / n)
+        atomic_write_bytes(repo / n, (staging / n).read_bytes())
     _git(repo, "add", "--", *names)
     if _git(repo, "status", "--porcelain"):
         _git(repo, "commit", "-q", "-m", message)

@@ -21,7 +21,9 @@ Every number below is an **upstream claim** with the upstream protocol named; no
 from __future__ import annotations
 
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .registry import Metric, ModelRecord, WeightSource, register
+from .records import Metric, ModelRecord, WeightSource
+
+RECORDS: list[ModelRecord] = []  # in registry order
 
 # ----------------------------------------------------------------------------- DISSL (ImageNet)
 
@@ -53,7 +55,7 @@ for _dim, _ep, _m, _top1, _top5 in _DISSL:
                                "upstream claim: YannDubs/Invariant-Self-Supervised-Learning notebooks/torchhub.ipynb"))
     _expand = (f", then the DISSL expansion block (residual bottleneck 2048->512->{_dim}, tiled shortcut) "
                f"before the average pool") if _dim else ""
-    register(ModelRecord(
+    RECORDS.append(ModelRecord(
         name=_name,
         description=(f"DISSL ResNet-50, ImageNet-1k, {_ep} epochs, {_CROPS[_m]} crops, {_dim or 2048}-d "
                      f"representation{_expand}. Upstream torch-hub weights, converted."
@@ -89,7 +91,7 @@ for _suffix, _tau, _acc, _drive_id, _recipe in [
         ("0", 0.0, 80.15, "1qQE03ztnQCK4dtG-GPwCvF66nq_Mk_mo", "dcl_stl10_biased"),
         ("0p05", 0.05, 81.85, "1pA4Hpcug8tbgH9O6PCu-447vJzxbbR5I", "dcl_stl10_tau005"),
         ("0p1", 0.1, 84.26, "1d8nfGHsHIuJYjU7mHtCtSXf98IbWMFAa", "dcl_stl10")]:
-    register(ModelRecord(
+    RECORDS.append(ModelRecord(
         name=f"dcl_resnet50_stl10_tauplus{_suffix}",
         description=(f"Debiased contrastive learning (DCL), tau_plus={_tau}"
                      + (" (i.e. the biased SimCLR-style baseline)" if _tau == 0 else "")
@@ -114,7 +116,7 @@ for _suffix, _tau, _acc, _drive_id, _recipe in [
 # ----------------------------------------------------------------------------- SimCLR, UvA tutorial 17 (STL10)
 
 UVA_SRC = "upstream claim: phlippe/uvadlc_notebooks tutorial17 SimCLR.ipynb (PyTorch notebook outputs)"
-register(ModelRecord(
+RECORDS.append(ModelRecord(
     name="simclr_resnet18_stl10_uva_tutorial",
     description=("SimCLR ResNet-18 (torchvision, ImageNet stem with max-pool) trained on STL10 unlabeled at 96 px for "
                  "500 epochs, from the UvA deep-learning tutorial 17; 512-d features before the MLP head. Upstream "
