@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.base import SSLZooError, one_line
+from zoo.base import SSLZooError, did_you_mean, one_line
 
 
 class DatasetError(SSLZooError, ValueError):
@@ -661,10 +661,6 @@ def _load_split(spec: str, split: str, root: str | None, download: bool) -> Imag
     key = spec.lower().replace("_", "-")
     key = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "tiny-imagenet": "tinyimagenet"}.get(key, key)
     if key not in LOADERS:
-        import difflib
-
-        close = difflib.get_close_matches(key, list(LOADERS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DatasetError(f"unknown dataset {spec!r}{hint} (catalogue: {', '.join(LOADERS)}; "
+        raise DatasetError(f"unknown dataset {spec!r}{did_you_mean(key, LOADERS)} (catalogue: {', '.join(LOADERS)}; "
                            f"or folder:PATH, npz:PATH)")
     return LOADERS[key](split=split, root=root, download=download)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import copy
 import math
-import difflib
 import inspect
 from pathlib import Path
 
 import yaml
 
-from zoo.base import SSLZooError
+from zoo.base import SSLZooError, did_you_mean
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -80,13 +79,12 @@ class ConfigError(SSLZooError, ValueError):
 
 
 def _closest_name(name, options) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(options)}"
+    return did_you_mean(name, options, n=1, cutoff=0.5, quote=True, otherwise=f"; available: {', '.join(options)}")
 
 
 def _closest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(options))}"
+    return did_you_mean(key, options, n=1, cutoff=0.5, quote=True,
+                        otherwise=f"; valid keys: {', '.join(sorted(options))}")
 
 
 def _merge_method(base: dict, new) -> dict:
@@ -188,8 +186,7 @@ def resolve_recipe_path(recipe: str) -> Path:
         if cand.is_file():
             return cand
     names = sorted(q.stem for q in RECIPE_DIR.glob("*.yaml"))
-    close = difflib.get_close_matches(recipe, names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(names)}"
+    hint = did_you_mean(recipe, names, otherwise=f"; available: {', '.join(names)}")
     raise ConfigError(f"recipe {recipe!r} not found (a YAML path or a name in training/recipes/){hint}")
 
 

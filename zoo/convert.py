@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import json
 import os
 import pickle
@@ -64,6 +65,8 @@ from .io import (
     sha256_file,
 )
 from .preprocess import Preprocess
+
+log = logging.getLogger(__name__)
 
 HEADS_NAME = "heads.safetensors"
 CARD_NAME = "README.md"
@@ -541,12 +544,12 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
         atomic_write_text(tmp / CARD_NAME, folder_card(read_config(tmp)))
     if not quiet:
         cfg = read_config(out)
-        print(f"converted {checkpoint} ({fmt}, sha256 {ck_sha[:12]}…) -> {out}")
-        print(f"  {WEIGHTS_NAME}: {len(backbone_sd)} tensors, {cfg['feature_dim']}-d features, sha256 {cfg['sha256']}")
+        log.info(f"converted {checkpoint} ({fmt}, sha256 {ck_sha[:12]}…) -> {out}")
+        log.info(f"  {WEIGHTS_NAME}: {len(backbone_sd)} tensors, {cfg['feature_dim']}-d features, sha256 {cfg['sha256']}")
         if heads_sd:
-            print(f"  {HEADS_NAME}: {len(heads_sd)} tensors ({', '.join(config['heads']['modules'])})")
+            log.info(f"  {HEADS_NAME}: {len(heads_sd)} tensors ({', '.join(config['heads']['modules'])})")
         if standins:
-            print(f"  metadata read through inert stand-ins: {', '.join(standins)}")
+            log.info(f"  metadata read through inert stand-ins: {', '.join(standins)}")
     return out
 
 
