@@ -1,12 +1,13 @@
-"""AdaInf (training/adainf.py + the trainer's inflation): npz round trip keeps RGB, the BGR check,
+"""AdaInf (training/datacentric/adainf.py + the trainer's inflation): npz round trip keeps RGB, the BGR check,
 `dup` copies and label -1, upstream augmentation presets, the step budget, the stand-in generators."""
 import numpy as np
 import pytest
 import torch
 
 from eval.datasets import load_split
-from training.adainf import (AUGMENT_PRESETS, InflationError, channel_order_check, folder_to_npz,
-                             gaussian_mixture_standin, mixup_standin, write_inflation_npz)
+from training.augmentation.presets import AUGMENT_PRESETS
+from training.datacentric.adainf import (InflationError, channel_order_check, folder_to_npz, gaussian_mixture_standin,
+                                         mixup_standin, write_inflation_npz)
 from training.cli import main
 from training.config import ConfigError, load_recipe
 from training.trainer import Trainer

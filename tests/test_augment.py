@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-import training.augment as A
-from training.augment import (
+import training.augmentation as A
+from training.augmentation import (
     ViewAugment,
     color_jitter,
     gaussian_blur,
@@ -86,7 +86,7 @@ def test_view_augment_shapes_determinism():
 
 # ============================================================================ version 1 is pinned
 #
-# ``tests/data/augment_v1_reference.npz`` holds outputs of the original engine (training/augment.py at
+# ``tests/data/augment_v1_reference.npz`` holds outputs of the original engine (training/augmentation/ at
 # commit d46bfb0, before version 2 existed), made by the script quoted in ``_reference_inputs``: a
 # training run started with that code must resume with identical views.
 
@@ -190,7 +190,7 @@ FULL = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.3, "jitt
                                                      ("bicubic", False), ("nearest", True),
                                                      ("nearest-exact", True)])
 @pytest.mark.parametrize("in_hw,size", [((40, 36), 24), ((16, 20), 28)])  # mostly shrinking / only enlarging
-@pytest.mark.parametrize("fused", [True, False])  # the C kernel of training/fastaug.py and the eager torch ops
+@pytest.mark.parametrize("fused", [True, False])  # the C kernel of training/augmentation/fastaug.py and the eager torch ops
 def test_v2_equals_torchvision_per_image(interpolation, antialias, in_hw, size, fused):
     g = torch.Generator().manual_seed(hash((interpolation, antialias, size)) % 1000)
     x = torch.randint(0, 256, (48, 3, *in_hw), dtype=torch.uint8, generator=g)
@@ -501,12 +501,12 @@ def test_train_speed_benchmark_smoke(tmp_path):
 # ---------------------------------------------------------------------------- fused C kernel
 
 def _need_kernel():
-    from training import fastaug
+    from training.augmentation import fastaug
 
     if fastaug._compiler() is None:
         pytest.skip("no C compiler: the fused kernel cannot be built here (the eager path is what runs)")
     lib = fastaug.library()
-    assert lib is not None, "a C compiler exists but training/_fastaug.c did not build (see stderr)"
+    assert lib is not None, "a C compiler exists but training/augmentation/_fastaug.c did not build (see stderr)"
     return lib
 
 
@@ -578,7 +578,7 @@ def test_fused_kernel_threads_give_the_same_images():
 
 
 def test_fused_kernel_off_or_unbuildable_falls_back_to_eager(monkeypatch, tmp_path, capfd):
-    from training import fastaug
+    from training.augmentation import fastaug
 
     x = _images(3, 16, 8, 4)
     aug = ViewAugment(size=16, blur_p=0.5, version=2)

@@ -105,10 +105,10 @@ def main(argv=None) -> int:
     from zoo.publish import add_parser as add_publish
     from zoo.registry import UnknownModel
 
-    from .adainf import InflationError
+    from .datacentric.adainf import InflationError
     from .config import ConfigError
-    from .data_cli import add_adainf_parser, add_subset_parser
-    from .subsets import SubsetError
+    from .datacentric.cli import add_adainf_parser, add_subset_parser
+    from .datacentric.subsets import SubsetError
     from .trainer import TrainingError
 
     parser = argparse.ArgumentParser(prog="sslzoo", description="self-supervised encoders: zoo, probes, training")

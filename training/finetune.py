@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import ViewAugment
+from .augmentation import ViewAugment
 from .optim import param_groups, warmup_cosine
 from .trainer import TrainingError
 

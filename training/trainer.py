@@ -1,7 +1,7 @@
 """The training loop shared by every method.
 
 Data is held in memory as a uint8 tensor ``[N, C, H, W]`` and augmented as whole batches
-(:mod:`training.augment`), so both cores stay on the network. The step runs under bf16 autocast
+(:mod:`training.augmentation`), so both cores stay on the network. The step runs under bf16 autocast
 (CPU or CUDA) with fp32 losses, in ``channels_last``. Checkpoints are written atomically every few
 minutes and at each epoch end with model, optimiser, step, and every RNG state, so ``--resume``
 continues where the run stopped. Progress: tqdm; logs: ``log.csv`` (step, epoch, loss, lr,
@@ -34,8 +34,9 @@ from eval.datasets import load_split
 from zoo.backbones import build_resnet
 from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 
-from .augment import ViewAugment
+from .augmentation import ViewAugment
 from .config import ConfigError
+from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
 from .methods import METHODS
 from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
@@ -178,8 +179,6 @@ class Trainer:
             raise ConfigError(f"{d['dataset']} has {x.shape[1]} channels but model.in_chans="
                               f"{self.cfg['model']['in_chans']}; set model.in_chans={x.shape[1]}")
         if d["subset"]:
-            from .subsets import SubsetError, check_indices, read_subset_file
-
             try:
                 idx = check_indices(read_subset_file(d["subset"]).indices, len(x), f"data.subset {d['subset']}",
                                     f"{d['dataset']}/{d['split']}")

@@ -55,7 +55,7 @@ def budget_overrides(budget_steps: int, seed: int, batch_size: int) -> list:
 def preset_overrides(name: str) -> list:
     """The fields of an AdaInf augmentation preset as explicit ``--set`` overrides (so they win over
     the recipe's own augment fields)."""
-    from training.adainf import AUGMENT_PRESETS
+    from training.augmentation.presets import AUGMENT_PRESETS
 
     out = []
     for k, v in AUGMENT_PRESETS[name].items():

@@ -33,7 +33,7 @@ GENERATOR_NAMES = {"gmm": "PCA Gaussian-mixture stand-in fitted here (not a diff
 
 
 def _generated(args, work: Path, real: np.ndarray) -> Path:
-    from training.adainf import STANDINS, write_inflation_npz
+    from training.datacentric.adainf import STANDINS, write_inflation_npz
 
     path = work / f"generated_{args.generator}_{args.n_generated}_s{args.generator_seed}.npz"
     if not path.is_file():

@@ -31,8 +31,8 @@ PAPER = ("paper (CIFAR100 / STL10 / TinyImageNet, own protocol): 20% of CIFAR100
 
 
 def _subset(args, seed, method, fraction, emb, partition, n, out: Path) -> Path:
-    from training import sas
-    from training.subsets import random_subset_indices, write_subset_files
+    from training.datacentric import sas
+    from training.datacentric.subsets import random_subset_indices, write_subset_files
 
     path = out / "subsets" / f"{method}_f{fraction:g}_s{seed}"
     if (path.with_suffix(".pkl")).is_file():
@@ -48,7 +48,7 @@ def _subset(args, seed, method, fraction, emb, partition, n, out: Path) -> Path:
 
 def _seed_inputs(args, seed, images, labels, proxy, work: Path):
     """Proxy embeddings and partition of one seed, cached in OUT/work."""
-    from training import sas
+    from training.datacentric import sas
 
     f = work / f"seed{seed}.pt"
     if f.is_file():
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-full", action="store_true", help="skip the 100% reference runs")
     args = p.parse_args(argv)
 
-    from training import sas
+    from training.datacentric import sas
 
     out, res = C.open_results(args)
     probe_data = C.fashion_mnist_probe_data()
