@@ -77,7 +77,7 @@ def test_channel_order_check_flags_bgr(tmp_path, capsys):
 def test_dup_copies_are_virtual_and_generated_labels_never_vote(tiny_npz, tmp_path):
     gen = write_inflation_npz(tmp_path / "gen.npz", np.full((20, 12, 12, 1), 7, dtype=np.uint8))
     t = Trainer(_cfg(tiny_npz, f"data.extra=npz:{gen}", "data.repeat=3"), tmp_path / "r", device="cpu")
-    x, y = t._load_data()
+    x, y = t.load_data()
     assert len(x) == 84 and t.epoch_size(x) == 3 * 64 + 20 and int((y == -1).sum()) == 20
     pos = torch.arange(t.epoch_size(x))
     materialised = torch.cat([x[:64]] * 3 + [x[64:]])  # upstream: [real] * dup + [generated]

@@ -273,7 +273,7 @@ def test_sslzoo_subset_writes_deterministic_files_and_train_uses_them(tiny_data,
     sets = [f"data.dataset=npz:{npz}", "model.width=4", "model.in_chans=1", "augment.size=12",
             "optim.batch_size=8", f"data.subset={tmp_path / 'a.pkl'}"]
     t = Trainer(load_recipe("simclr_fashion_mnist_cpu", sets), tmp_path / "run", device="cpu")
-    x, y = t._load_data()
+    x, y = t.load_data()
     kept = pickle.loads(a)
     assert len(x) == len(kept) >= 28 and torch.equal(y, torch.as_tensor(_tiny_images(n=64)[1])[kept])
 

@@ -167,7 +167,7 @@ class Trainer:
         self.repeat = 1
 
     # ------------------------------------------------------------------ data
-    def _load_data(self):
+    def load_data(self):
         """The distinct training images ``x`` (uint8 ``[N, C, H, W]``) and labels ``y``: the real set
         (restricted to ``data.subset``), then the ``data.extra`` images. ``data.repeat`` copies of the
         real set are virtual: :meth:`epoch_size` counts them and :meth:`source_index` maps a position
@@ -317,7 +317,7 @@ class Trainer:
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
         main = self.rank == 0
         # bad data, sizes, schedules and checkpoints fail before anything is written
-        x, y = self._load_data()
+        x, y = self.load_data()
         n = self.epoch_size(x)
         bs = o["batch_size"]
         if bs % self.world:
