@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 
 from zoo.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 SUBSET_FORMAT = "sslzoo.subset"
 SUBSET_VERSION = 1
@@ -208,7 +211,7 @@ class BaseSubsetDataset(torch.utils.data.Dataset):
         self.subset_indices = [int(i) for i in self.subset_indices]
         check_indices(self.subset_indices, len(self.dataset), type(self).__name__)
         if self.verbose:
-            print(f"{type(self).__name__}: {len(self.subset_indices)} of {len(self.dataset)} examples")
+            log.info("%s: %d of %d examples", type(self).__name__, len(self.subset_indices), len(self.dataset))
 
     def __len__(self) -> int:
         return len(self.subset_indices)
