@@ -1,7 +1,7 @@
 """SimCLR training throughput, end to end, measured side by side in one run:
 
 * ``ssl-zoo``: the data held in memory as a uint8 ``[N, 3, 32, 32]`` tensor, each batch augmented in
-  the training process by two :class:`training.augment.ViewAugment` (the trainer's input path), then
+  the training process by two :class:`training.augmentation.ViewAugment` (the trainer's input path), then
   the step: ``channels_last``, bf16 autocast, ResNet-18 + projection head, ssl-zoo's NT-Xent, SGD;
 * ``lightly``: the lightly library's standard pipeline (as in its ``examples/pytorch/simclr.py``):
   a dataset of PIL images (``Image.fromarray`` of the same uint8 array, as torchvision's CIFAR10),

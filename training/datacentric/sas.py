@@ -137,7 +137,7 @@ class ProxyEmbeddings:
 def proxy_embeddings(proxy: torch.nn.Module, images: torch.Tensor, *, n_augment: int = 8, augment=None,
                      seed: int = 0, batch_size: int = 512, device: str | None = None) -> ProxyEmbeddings:
     """Expected-augmentation embeddings (module docstring). ``augment``: a
-    :class:`training.augment.ViewAugment` producing the proxy's input (its size and normalisation);
+    :class:`training.augmentation.ViewAugment` producing the proxy's input (its size and normalisation);
     default :func:`default_augment`. Augmentations are drawn from ``torch.Generator().manual_seed(seed)``
     in a fixed order (augmentation-major, then batches)."""
     from tqdm.auto import tqdm
