@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, machine_info, print_machine, write_json
 from training.augmentation import ViewAugment
-from training.methods.simclr import ProjectionHead, nt_xent_loss
+from training.methods.heads import ProjectionHead
+from training.methods.simclr import nt_xent_loss
 from zoo.backbones import build_resnet
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
