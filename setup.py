@@ -11,9 +11,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["zoo", "eval", "training", "training.methods"],
+    packages=["zoo", "eval", "training", "training.augmentation", "training.datacentric", "training.experiments",
+              "training.methods"],
     package_data={"zoo": ["bundled/*/model.safetensors", "bundled/*/config.json"],
-                  "training": ["recipes/*.yaml", "_fastaug.c"]},
+                  "training": ["recipes/*.yaml"], "training.augmentation": ["_fastaug.c"]},
     py_modules=["hubconf"],
     install_requires=[
         "torch>=2.1",

@@ -1,4 +1,4 @@
-"""Augmentation throughput: the batched engine (``training/augment.py``) vs torchvision v1 on PIL
+"""Augmentation throughput: the batched engine (``training/augmentation/``) vs torchvision v1 on PIL
 images one at a time, on the same SimCLR recipe, measured side by side in one run.
 
 Recipes (both sides get exactly these parameters):
@@ -20,7 +20,7 @@ a ``[N, H, W, 3]`` array like torchvision's CIFAR10 / STL10 datasets):
   CPU count worker processes (the usual multi-core setup), after the first batch;
 * ``engine vK, 1 thread``: ``ViewAugment(version=K)`` on uint8 ``[B, 3, H, W]`` batches,
   ``torch.set_num_threads(1)`` -- one core; for version 2 this is the fused C kernel
-  (``training/fastaug.py``) when it builds, and ``engine v2-eager`` is the same with ``fused=False``
+  (``training/augmentation/fastaug.py``) when it builds, and ``engine v2-eager`` is the same with ``fused=False``
   (the eager torch ops that run without a C compiler);
 * ``engine vK, T threads``: the same with all of torch's threads (the trainer's setting);
 * ``engine vK, cuda``: the same on the GPU, when there is one.
@@ -45,8 +45,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, Timer, machine_info, print_machine, write_json
-from training import fastaug
-from training.augment import ViewAugment
+from training.augmentation import fastaug
+from training.augmentation import ViewAugment
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, machine_info, print_machine, write_json
-from training.methods.simclr import ProjectionHead, nt_xent_loss
+from training.methods.heads import ProjectionHead
+from training.methods.simclr import nt_xent_loss
 from zoo.backbones import build_resnet
 
 

@@ -1,7 +1,7 @@
 """SimCLR training throughput, end to end, measured side by side in one run:
 
 * ``ssl-zoo``: the data held in memory as a uint8 ``[N, 3, 32, 32]`` tensor, each batch augmented in
-  the training process by two :class:`training.augment.ViewAugment` (the trainer's input path), then
+  the training process by two :class:`training.augmentation.ViewAugment` (the trainer's input path), then
   the step: ``channels_last``, bf16 autocast, ResNet-18 + projection head, ssl-zoo's NT-Xent, SGD;
 * ``lightly``: the lightly library's standard pipeline (as in its ``examples/pytorch/simclr.py``):
   a dataset of PIL images (``Image.fromarray`` of the same uint8 array, as torchvision's CIFAR10),
@@ -39,8 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, machine_info, print_machine, write_json
-from training.augment import ViewAugment
-from training.methods.simclr import ProjectionHead, nt_xent_loss
+from training.augmentation import ViewAugment
+from training.methods.heads import ProjectionHead
+from training.methods.simclr import nt_xent_loss
 from zoo.backbones import build_resnet
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -1,12 +1,13 @@
-"""AdaInf (training/adainf.py + the trainer's inflation): npz round trip keeps RGB, the BGR check,
+"""AdaInf (training/datacentric/adainf.py + the trainer's inflation): npz round trip keeps RGB, the BGR check,
 `dup` copies and label -1, upstream augmentation presets, the step budget, the stand-in generators."""
 import numpy as np
 import pytest
 import torch
 
 from eval.datasets import load_split
-from training.adainf import (AUGMENT_PRESETS, InflationError, channel_order_check, folder_to_npz,
-                             gaussian_mixture_standin, mixup_standin, write_inflation_npz)
+from training.augmentation.presets import AUGMENT_PRESETS
+from training.datacentric.adainf import (InflationError, channel_order_check, folder_to_npz, gaussian_mixture_standin,
+                                         mixup_standin, write_inflation_npz)
 from training.cli import main
 from training.config import ConfigError, load_recipe
 from training.trainer import Trainer
@@ -76,7 +77,7 @@ def test_channel_order_check_flags_bgr(tmp_path, capsys):
 def test_dup_copies_are_virtual_and_generated_labels_never_vote(tiny_npz, tmp_path):
     gen = write_inflation_npz(tmp_path / "gen.npz", np.full((20, 12, 12, 1), 7, dtype=np.uint8))
     t = Trainer(_cfg(tiny_npz, f"data.extra=npz:{gen}", "data.repeat=3"), tmp_path / "r", device="cpu")
-    x, y = t._load_data()
+    x, y = t.load_data()
     assert len(x) == 84 and t.epoch_size(x) == 3 * 64 + 20 and int((y == -1).sum()) == 20
     pos = torch.arange(t.epoch_size(x))
     materialised = torch.cat([x[:64]] * 3 + [x[64:]])  # upstream: [real] * dup + [generated]

@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-import training.augment as A
-from training.augment import (
+import training.augmentation as A
+from training.augmentation import (
     ViewAugment,
     color_jitter,
     gaussian_blur,
@@ -86,7 +86,7 @@ def test_view_augment_shapes_determinism():
 
 # ============================================================================ version 1 is pinned
 #
-# ``tests/data/augment_v1_reference.npz`` holds outputs of the original engine (training/augment.py at
+# ``tests/data/augment_v1_reference.npz`` holds outputs of the original engine (training/augmentation/ at
 # commit d46bfb0, before version 2 existed), made by the script quoted in ``_reference_inputs``: a
 # training run started with that code must resume with identical views.
 
@@ -190,7 +190,7 @@ FULL = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.3, "jitt
                                                      ("bicubic", False), ("nearest", True),
                                                      ("nearest-exact", True)])
 @pytest.mark.parametrize("in_hw,size", [((40, 36), 24), ((16, 20), 28)])  # mostly shrinking / only enlarging
-@pytest.mark.parametrize("fused", [True, False])  # the C kernel of training/fastaug.py and the eager torch ops
+@pytest.mark.parametrize("fused", [True, False])  # the C kernel of training/augmentation/fastaug.py and the eager torch ops
 def test_v2_equals_torchvision_per_image(interpolation, antialias, in_hw, size, fused):
     g = torch.Generator().manual_seed(hash((interpolation, antialias, size)) % 1000)
     x = torch.randint(0, 256, (48, 3, *in_hw), dtype=torch.uint8, generator=g)
@@ -501,12 +501,12 @@ def test_train_speed_benchmark_smoke(tmp_path):
 # ---------------------------------------------------------------------------- fused C kernel
 
 def _need_kernel():
-    from training import fastaug
+    from training.augmentation import fastaug
 
     if fastaug._compiler() is None:
         pytest.skip("no C compiler: the fused kernel cannot be built here (the eager path is what runs)")
     lib = fastaug.library()
-    assert lib is not None, "a C compiler exists but training/_fastaug.c did not build (see stderr)"
+    assert lib is not None, "a C compiler exists but training/augmentation/_fastaug.c did not build (see stderr)"
     return lib
 
 
@@ -577,8 +577,8 @@ def test_fused_kernel_threads_give_the_same_images():
     assert torch.equal(aug.apply(x, p), one)
 
 
-def test_fused_kernel_off_or_unbuildable_falls_back_to_eager(monkeypatch, tmp_path, capfd):
-    from training import fastaug
+def test_fused_kernel_off_or_unbuildable_falls_back_to_eager(monkeypatch, tmp_path, caplog):
+    from training.augmentation import fastaug
 
     x = _images(3, 16, 8, 4)
     aug = ViewAugment(size=16, blur_p=0.5, version=2)
@@ -587,7 +587,8 @@ def test_fused_kernel_off_or_unbuildable_falls_back_to_eager(monkeypatch, tmp_pa
     try:
         monkeypatch.setenv("SSLZOO_FASTAUG", "0")
         fastaug.reset()
-        assert fastaug.library() is None and capfd.readouterr().err == ""  # switched off: silent
+        caplog.clear()
+        assert fastaug.library() is None and not caplog.records  # switched off: silent
         torch.testing.assert_close(aug.apply(x, p), want, rtol=0, atol=0)
         monkeypatch.delenv("SSLZOO_FASTAUG")
         bad = tmp_path / "cc"
@@ -596,8 +597,9 @@ def test_fused_kernel_off_or_unbuildable_falls_back_to_eager(monkeypatch, tmp_pa
         monkeypatch.setenv("CC", str(bad))
         fastaug.reset()
         assert fastaug.library() is None
-        err = capfd.readouterr().err.strip().splitlines()
+        err = [r.getMessage() for r in caplog.records if r.name == "training.augmentation.fastaug"]
         assert len(err) == 1 and "unavailable" in err[0] and "no such compiler" in err[0]
+        assert caplog.records[-1].levelname == "WARNING"
         torch.testing.assert_close(aug.apply(x, p), want, rtol=0, atol=0)
         assert not list((tmp_path / "sslzoo_home").rglob("*.so*"))  # nothing half-written
     finally:

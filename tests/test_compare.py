@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from eval.store import ResultStore
-from training.compare import main, parse_methods
+from training.experiments.compare import main, parse_methods
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_compare_smoke(tiny, tmp_path, capsys):
         assert store.count() == len(stored)
     # a different budget in the same folder is refused, in one line
     assert main(_argv(tiny, out, "--set", "optim.lr=0.1")) == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("training.compare")]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("training.experiments.compare")]
     assert len(lines) == 1 and "another recipe or budget" in lines[0]
 
 
@@ -123,7 +123,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tiny, tmp_path, monkeypat
 
 def test_every_method_gets_the_d1024_architecture_and_the_budget(tmp_path):
     """The plan: each variant's own recipe, then the d1024 model section and the same budget."""
-    from training.compare import EXTRA_METHODS, VARIANTS, arch_overrides, plan_runs
+    from training.experiments.compare import EXTRA_METHODS, VARIANTS, arch_overrides, plan_runs
     from training.config import load_recipe
 
     arch = load_recipe("simclr_d1024_fashion_mnist_cpu")["model"]

@@ -1,4 +1,4 @@
-"""SAS subsets (training/sas.py, training/subsets.py): sizes per class, determinism, the two
+"""SAS subsets (training/datacentric/sas.py, training/datacentric/subsets.py): sizes per class, determinism, the two
 objectives against their definitions, latent-class partitions, index files incl. the released
 pickle format, and the `sslzoo subset` / `data.subset` command lines."""
 import json
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from training import sas
+from training.datacentric import sas
 from training.cli import main
-from training.subsets import (CustomSubsetDataset, RandomSubsetDataset, SASSubsetDataset, SubsetError,
-                              class_budget, read_subset_file, write_subset_file, write_subset_files)
+from training.datacentric.sas import SASSubsetDataset
+from training.datacentric.subsets import (CustomSubsetDataset, RandomSubsetDataset, SubsetError, class_budget,
+                                          read_subset_file, write_subset_file, write_subset_files)
 from zoo.backbones import build_resnet
 from zoo.io import save_folder
 from zoo.preprocess import Preprocess
@@ -82,7 +83,7 @@ def test_sas_subset_sizes_per_class_and_bit_identical_for_a_seed():
 
 
 def test_expected_similarity_with_identity_augmentation_equals_plain_embedding():
-    from training.augment import ViewAugment
+    from training.augmentation import ViewAugment
 
     x, _ = _tiny_images(n=16)
     imgs = torch.as_tensor(x).permute(0, 3, 1, 2)
@@ -272,7 +273,7 @@ def test_sslzoo_subset_writes_deterministic_files_and_train_uses_them(tiny_data,
     sets = [f"data.dataset=npz:{npz}", "model.width=4", "model.in_chans=1", "augment.size=12",
             "optim.batch_size=8", f"data.subset={tmp_path / 'a.pkl'}"]
     t = Trainer(load_recipe("simclr_fashion_mnist_cpu", sets), tmp_path / "run", device="cpu")
-    x, y = t._load_data()
+    x, y = t.load_data()
     kept = pickle.loads(a)
     assert len(x) == len(kept) >= 28 and torch.equal(y, torch.as_tensor(_tiny_images(n=64)[1])[kept])
 

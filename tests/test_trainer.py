@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.config import RECIPE_DIR, ConfigError, load_recipe
+from training.methods import METHODS
 from training.optim import LARS, build_optimizer
 from training.trainer import Trainer, TrainingError, build_model, warmup_cosine
 from zoo.hub import create_model
@@ -76,7 +77,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_npz, tmp_path):
 
 # ============================================================================ every method, multi-crop, LARS, ...
 
-METHOD_RECIPES = ["simclr", "dcl", "cissl", "dissl", "mocov2", "byol", "simsiam", "barlow", "dino"]
+METHOD_RECIPES = list(METHODS)  # every registered method (training.methods discovers them)
 SHRINK = {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16, "n_clusters": 32, "bottleneck_dim": 8,
           "out_dim": 32, "queue_size": 64}
 
@@ -259,7 +260,7 @@ def test_grad_clip_schedule_and_weight_decay_schedule(tiny_npz, tmp_path):
 def test_extra_data_repeat_and_unlabelled_images_never_vote(tiny_npz, tmp_path):
     gen = _fake_npz(tmp_path / "gen.npz", n=16, size=12, chans=1, label=-1)
     t = Trainer(_cfg(tiny_npz, **{"data.extra": f"npz:{gen}", "data.repeat": 2}), tmp_path / "e", device="cpu")
-    x, y = t._load_data()
+    x, y = t.load_data()
     assert len(x) == 64 + 16 and t.epoch_size(x) == 2 * 64 + 16 and int((y < 0).sum()) == 16  # copies are virtual
     acc = t.monitor(x, y)  # the kNN probe refuses labels < 0, so they must have been left out
     assert 0.0 <= acc <= 1.0
@@ -276,11 +277,11 @@ def test_file_backed_folder_is_decoded_into_memory(tmp_path):
             for i in range(8):
                 Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(d / f"{i}.png")
     cfg = load_recipe("simclr_fashion_mnist_cpu", [f"data.dataset=folder:{tmp_path / 'imgs'}", "model.in_chans=1"])
-    x, y = Trainer(cfg, tmp_path / "f", device="cpu")._load_data()
+    x, y = Trainer(cfg, tmp_path / "f", device="cpu").load_data()
     assert x.shape == (16, 1, 12, 12) and x.dtype == torch.uint8 and sorted(set(y.tolist())) == [0, 1]
     Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8)).save(tmp_path / "imgs" / "train" / "a" / "odd.png")
     with pytest.raises(ConfigError, match="one image size"):
-        Trainer(cfg, tmp_path / "f2", device="cpu")._load_data()
+        Trainer(cfg, tmp_path / "f2", device="cpu").load_data()
 
 
 def test_tensorboard_scalars_when_available(tiny_npz, tmp_path, monkeypatch):

@@ -114,7 +114,9 @@ def generated_readme_sections() -> dict:
     """The README's generated tables, by marker name."""
     from zoo.cards import render_zoo_table
 
-    return {"zoo-table": render_zoo_table()}
+    from .methods import methods_markdown
+
+    return {"zoo-table": render_zoo_table(), "method-table": methods_markdown() + "\n"}
 
 
 def run_cards(args) -> int:
@@ -133,7 +135,7 @@ def run_cards(args) -> int:
 
 def add_parsers(sub) -> None:
     """``cards``, ``train``, ``subset``, ``adainf``, ``finetune``."""
-    from .data_cli import add_adainf_parser, add_subset_parser
+    from .datacentric.cli import add_adainf_parser, add_subset_parser
 
     add_cards_parser(sub)
     add_train_parser(sub)

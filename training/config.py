@@ -21,13 +21,14 @@ import yaml
 
 from zoo.base import SSLZooError, did_you_mean
 
+from .augmentation.presets import AUGMENT_PRESETS
+from .methods import METHODS
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
 def method_defaults(name: str) -> dict:
     """The recipe fields of method ``name``: its class's keyword arguments and their defaults."""
-    from .methods import METHODS
-
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}{_closest_name(name, METHODS)}")
     sig = inspect.signature(METHODS[name].__init__)
@@ -42,14 +43,14 @@ DEFAULTS: dict = {
               "in_chans": 3, "expand_dim": None, "expand_mid": 512},
     # extra: an additional train set appended to the data (e.g. AdaInf's generated images, labels -1);
     # repeat: copies of the real data (AdaInf's "dup").
-    # subset: a subset index file (.pkl list / .json, see training/subsets.py) applied to the real data
+    # subset: a subset index file (.pkl list / .json, see training/datacentric/subsets.py) applied to the real data
     # before it is repeated.
     "data": {"dataset": "fashion-mnist", "root": None, "download": False, "split": "train", "extra": None,
              "repeat": 1, "subset": None},
-    # ViewAugment fields (training/augment.py; version 2 = torchvision semantics), then the trainer's own:
+    # ViewAugment fields (training/augmentation/; version 2 = torchvision semantics), then the trainer's own:
     # small_*: multi-crop (2 large crops of ``size`` + ``small_crops`` crops of ``small_size`` with scale
     # ``small_scale``); view2: fields of the second large view that differ (asymmetric augmentation);
-    # preset: one of training.adainf.AUGMENT_PRESETS, applied under the recipe's own augment fields.
+    # preset: one of training.augmentation.presets.AUGMENT_PRESETS, applied under the recipe's own augment fields.
     "augment": {"preset": None, "size": 32, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333], "flip_p": 0.5, "brightness": 0.4,
                 "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "jitter_p": 0.8, "grayscale_p": 0.2,
                 "blur_p": 0.0, "blur_kernel": 3, "blur_sigma": [0.1, 2.0], "mean": [0.5], "std": [0.5],
@@ -257,8 +258,6 @@ def _preset_layer(layers: list) -> dict:
             name = a["preset"]
     if name is None:
         return {}
-    from .adainf import AUGMENT_PRESETS
-
     if not isinstance(name, str) or name not in AUGMENT_PRESETS:
         raise ConfigError(f"unknown augment.preset {name!r}{_closest_name(name, AUGMENT_PRESETS)}")
     return {"augment": copy.deepcopy(AUGMENT_PRESETS[name])}

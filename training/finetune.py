@@ -28,7 +28,7 @@ from torch import nn
 
 from eval.protocols import TrainedProtocol, register_protocol
 
-from .augment import ViewAugment
+from .augmentation import ViewAugment
 from .optim import param_groups, warmup_cosine
 from .trainer import TrainingError
 

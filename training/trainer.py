@@ -1,7 +1,7 @@
 """The training loop shared by every method.
 
 Data is held in memory as a uint8 tensor ``[N, C, H, W]`` and augmented as whole batches
-(:mod:`training.augment`), so both cores stay on the network. The step runs under bf16 autocast
+(:mod:`training.augmentation`), so both cores stay on the network. The step runs under bf16 autocast
 (CPU or CUDA) with fp32 losses, in ``channels_last``. Checkpoints are written atomically every few
 minutes and at each epoch end with model, optimiser, step, and every RNG state, so ``--resume``
 continues where the run stopped. Progress: tqdm; logs: ``log.csv`` (step, epoch, loss, lr,
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import random
 import time
 from pathlib import Path
@@ -35,8 +36,9 @@ from zoo.backbones import build_resnet
 from zoo.base import SSLZooError
 from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 
-from .augment import ViewAugment
+from .augmentation import ViewAugment
 from .config import ConfigError
+from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
 from .methods import METHODS
 from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
@@ -46,6 +48,8 @@ __all__ = ["Trainer", "TrainingError", "build_model", "build_optimizer", "build_
 # augment.* fields the trainer reads itself; every other field is a ViewAugment argument
 _VIEW_KEYS = ("preset", "small_crops", "small_size", "small_scale", "view2")
 
+
+log = logging.getLogger(__name__)
 
 class TrainingError(SSLZooError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); one line with the step and a hint."""
@@ -167,7 +171,7 @@ class Trainer:
         self.repeat = 1
 
     # ------------------------------------------------------------------ data
-    def _load_data(self):
+    def load_data(self):
         """The distinct training images ``x`` (uint8 ``[N, C, H, W]``) and labels ``y``: the real set
         (restricted to ``data.subset``), then the ``data.extra`` images. ``data.repeat`` copies of the
         real set are virtual: :meth:`epoch_size` counts them and :meth:`source_index` maps a position
@@ -179,8 +183,6 @@ class Trainer:
             raise ConfigError(f"{d['dataset']} has {x.shape[1]} channels but model.in_chans="
                               f"{self.cfg['model']['in_chans']}; set model.in_chans={x.shape[1]}")
         if d["subset"]:
-            from .subsets import SubsetError, check_indices, read_subset_file
-
             try:
                 idx = check_indices(read_subset_file(d["subset"]).indices, len(x), f"data.subset {d['subset']}",
                                     f"{d['dataset']}/{d['split']}")
@@ -307,7 +309,7 @@ class Trainer:
         seed = int(self.cfg["train"]["seed"])
         self.gen.manual_seed(_aug_seed(seed, self.rank) * 65537 + self.step)
         if self.rank == 0:
-            tqdm.write(f"checkpoint written by {saved_world} process(es), resumed on {self.world}: data order and "
+            log.info(f"checkpoint written by {saved_world} process(es), resumed on {self.world}: data order and "
                        f"step continue; augmentation streams re-seeded")
 
     # ------------------------------------------------------------------ loop
@@ -319,7 +321,7 @@ class Trainer:
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
         main = self.rank == 0
         # bad data, sizes, schedules and checkpoints fail before anything is written
-        x, y = self._load_data()
+        x, y = self.load_data()
         n = self.epoch_size(x)
         bs = o["batch_size"]
         if bs % self.world:
@@ -348,9 +350,9 @@ class Trainer:
         if resume and ckpt.is_file():
             start_epoch, start_batch = self.resume(ckpt)
             if main:
-                tqdm.write(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
+                log.info(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
         elif resume and main:
-            tqdm.write(f"no checkpoint in {self.out}; starting from scratch")
+            log.info(f"no checkpoint in {self.out}; starting from scratch")
         D.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
         log = logf = None
         mon_path = self.out / "monitor.csv"
@@ -400,7 +402,7 @@ class Trainer:
                         f.write(f"{epoch},{self.step},{acc:.4f}\n")
                     if self.tb is not None:
                         self.tb.add_scalar("monitor/knn20_heldout_train", acc, self.step)
-                    tqdm.write(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
+                    log.info(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
         finally:
             pbar.close()
             if logf is not None:
@@ -410,7 +412,7 @@ class Trainer:
         self._save(ckpt, epoch, batch)
         if self.step < total:
             if main:
-                tqdm.write(f"stopped at step {self.step} of {total}; continue with --resume")
+                log.info(f"stopped at step {self.step} of {total}; continue with --resume")
             return ckpt
         path = self.export() if main else self.out / "export" / "model.safetensors"
         D.barrier()  # the export exists for every rank once fit returns

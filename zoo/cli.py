@@ -23,7 +23,9 @@ class _StdoutHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            print(self.format(record), file=sys.stdout, flush=True)
+            from tqdm import tqdm  # a line written past an active progress bar, not through it
+
+            tqdm.write(self.format(record), file=sys.stdout)
         except Exception:
             self.handleError(record)
 

@@ -1,5 +1,5 @@
 """Shared pieces of the data-centric experiments: a resumable results file, one training run under a
-fixed step budget followed by the harness's probes, mean ± std summaries, a markdown table, a plot.
+fixed step budget (through :mod:`training.experiments.harness`, as the method comparison) followed by the probes, mean ± std summaries, a markdown table, a plot.
 
 Every cell (one training run + probes) is a key in ``OUT/results.json``, rewritten atomically after
 each cell, so an interrupted experiment resumes by skipping finished cells (a half-trained cell
@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.features import extract
+from eval.probes import knn_probe, linear_probe
+from zoo.hub import create_model
 from zoo.io import atomic_write_text
+
+from ..augmentation.presets import AUGMENT_PRESETS
+from ..config import load_recipe
+from ..trainer import Trainer, TrainingError
+from . import harness
 
 RECIPE = "simclr_fashion_mnist_cpu"
 
@@ -55,8 +63,6 @@ def budget_overrides(budget_steps: int, seed: int, batch_size: int) -> list:
 def preset_overrides(name: str) -> list:
     """The fields of an AdaInf augmentation preset as explicit ``--set`` overrides (so they win over
     the recipe's own augment fields)."""
-    from training.adainf import AUGMENT_PRESETS
-
     out = []
     for k, v in AUGMENT_PRESETS[name].items():
         out.append(f"augment.{k}={json.dumps(v) if v is not None else 'null'}")
@@ -64,19 +70,16 @@ def preset_overrides(name: str) -> list:
 
 
 def train_and_probe(out_dir: Path, overrides: list, probe_data, *, probe_train: int | None = None) -> dict:
-    """Train ``RECIPE`` with ``overrides`` (resumable in ``out_dir``), then the harness's linear probe
-    (L2 chosen on a split of train) and kNN (k=20, T=0.07) on frozen features of Fashion-MNIST."""
-    from eval.features import extract
-    from eval.probes import knn_probe, linear_probe
-    from training.config import load_recipe
-    from training.trainer import Trainer
-    from zoo.hub import create_model
-
+    """Train ``RECIPE`` with ``overrides`` through the harness (:func:`training.experiments.harness.train_run`,
+    resumable in ``out_dir``), then the linear probe (L2 chosen on a split of train) and kNN (k=20,
+    T=0.07) on frozen features of Fashion-MNIST."""
     cfg = load_recipe(RECIPE, overrides)
     t0 = time.time()
-    trainer = Trainer(cfg, out_dir, device="cpu")
-    if not (out_dir / "export" / "model.safetensors").is_file():
-        trainer.fit(resume=True)
+    rec = harness.train_run(out_dir, RECIPE, overrides, "cpu")
+    if rec["status"] == "failed":
+        raise TrainingError(rec["error"])
+    if rec["status"] != "done":
+        raise SystemExit(f"{out_dir}: training stopped at step {rec['segments'][-1]['end_step']}; run again to resume")
     train_s = time.time() - t0
     model = create_model(out_dir / "export")
     tr, te = probe_data
@@ -88,8 +91,9 @@ def train_and_probe(out_dir: Path, overrides: list, probe_data, *, probe_train: 
         ftr, ytr = ftr[keep], ytr[keep]
     lin = linear_probe(ftr, ytr, fte, yte)
     knn = knn_probe(ftr, ytr, fte, yte, k=20, temperature=0.07)
+    trainer = Trainer(cfg, out_dir, device="cpu")
     return {"linear": 100 * lin["accuracy"], "linear_l2": lin["l2"], "knn20": 100 * knn["accuracy"],
-            "steps": int(cfg["train"]["max_steps"]), "train_images": trainer.epoch_size(trainer._load_data()[0]),
+            "steps": int(cfg["train"]["max_steps"]), "train_images": trainer.epoch_size(trainer.load_data()[0]),
             "train_s": round(train_s, 1), "probe_s": round(time.time() - t1, 1)}
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from zoo.cli import show_library_logs
+
 from . import _common as C
 
 ARMS = {"none": ("symmetric", False), "vanilla": ("symmetric", True), "adainf": ("symmetric_adainf", True)}
@@ -33,7 +35,7 @@ GENERATOR_NAMES = {"gmm": "PCA Gaussian-mixture stand-in fitted here (not a diff
 
 
 def _generated(args, work: Path, real: np.ndarray) -> Path:
-    from training.adainf import STANDINS, write_inflation_npz
+    from training.datacentric.adainf import STANDINS, write_inflation_npz
 
     path = work / f"generated_{args.generator}_{args.n_generated}_s{args.generator_seed}.npz"
     if not path.is_file():
@@ -98,6 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-generated", type=int, default=120000)
     p.add_argument("--dup", type=int, default=10, help="real-set copies in the AdaInf arm (upstream 10)")
     args = p.parse_args(argv)
+    show_library_logs()
 
     out, res = C.open_results(args)
     probe_data = C.fashion_mnist_probe_data()

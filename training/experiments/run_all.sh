@@ -12,9 +12,9 @@ STEPS=${STEPS:-200}
 export OMP_NUM_THREADS=1
 mkdir -p results
 # lane 1, issue 5: SimCLR vs DCL (tau+ 0.05, 0.1) vs CISSL over seeds 0,1,2, then MoCo v2, BYOL,
-# SimSiam, Barlow Twins, DINO, DISSL with seed 0 (d1024 architecture for all; see training/compare.py)
+# SimSiam, Barlow Twins, DINO, DISSL with seed 0 (d1024 architecture for all; see training/experiments/compare.py)
 # then the SAS experiment's 100% reference (SimCLR on the full train set, same budget, 3 seeds)
-( $PY -m training.compare --steps "$STEPS" --methods all --seeds 0,1,2 --extra-seeds 0 \
+( $PY -m training.experiments.compare --steps "$STEPS" --methods all --seeds 0,1,2 --extra-seeds 0 \
       --out results/compare_fmnist
   $PY -m training.experiments.sas_fmnist --threads 1 --budget-steps "$STEPS" --seeds 0 1 2 --methods \
       --out results/sas_fmnist_full

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zoo.cli import show_library_logs
+
 from . import _common as C
 
 METHODS = {"sas": "upstream", "sas-paper": "paper", "random": None}
@@ -31,8 +33,8 @@ PAPER = ("paper (CIFAR100 / STL10 / TinyImageNet, own protocol): 20% of CIFAR100
 
 
 def _subset(args, seed, method, fraction, emb, partition, n, out: Path) -> Path:
-    from training import sas
-    from training.subsets import random_subset_indices, write_subset_files
+    from training.datacentric import sas
+    from training.datacentric.subsets import random_subset_indices, write_subset_files
 
     path = out / "subsets" / f"{method}_f{fraction:g}_s{seed}"
     if (path.with_suffix(".pkl")).is_file():
@@ -48,7 +50,7 @@ def _subset(args, seed, method, fraction, emb, partition, n, out: Path) -> Path:
 
 def _seed_inputs(args, seed, images, labels, proxy, work: Path):
     """Proxy embeddings and partition of one seed, cached in OUT/work."""
-    from training import sas
+    from training.datacentric import sas
 
     f = work / f"seed{seed}.pt"
     if f.is_file():
@@ -138,8 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-augment", type=int, default=4)
     p.add_argument("--no-full", action="store_true", help="skip the 100% reference runs")
     args = p.parse_args(argv)
+    show_library_logs()
 
-    from training import sas
+    from training.datacentric import sas
 
     out, res = C.open_results(args)
     probe_data = C.fashion_mnist_probe_data()

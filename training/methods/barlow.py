@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import Method, mlp
+from .common import Method, register_method
+from .heads import mlp
 
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> torch.Tensor:
@@ -36,6 +37,9 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     return on + lambd * off
 
 
+@register_method("barlow", display_name="Barlow Twins", paper="Zbontar, Jing, Misra, LeCun, Deny, ICML 2021",
+                 position=70,
+                 summary='Barlow Twins', losses=('barlow_twins_loss',))
 class BarlowTwins(Method):
     def __init__(self, backbone, *, proj_hidden_dim: int = 8192, proj_dim: int = 8192, lambd: float = 0.0051,
                  scale_loss: float = 1.0):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import Method, cosine_momentum, ema_update_, frozen_copy, mlp
+from .common import MomentumMethod, register_method
+from .heads import mlp
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -27,16 +28,16 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * (p * z).sum(1)).mean()
 
 
-class BYOL(Method):
+@register_method("byol", display_name="BYOL", paper="Grill et al., NeurIPS 2020", position=50,
+                 summary='BYOL: EMA target + predictor', losses=('byol_loss',))
+class BYOL(MomentumMethod):
     def __init__(self, backbone, *, proj_hidden_dim: int = 4096, proj_dim: int = 256, pred_hidden_dim: int = 4096,
                  momentum_base: float = 0.996, momentum_final: float = 1.0):
-        super().__init__()
+        super().__init__(momentum_base=momentum_base, momentum_final=momentum_final)
         self.backbone = backbone
         self.projector = mlp([backbone.feature_dim, proj_hidden_dim, proj_dim])
         self.predictor = mlp([proj_dim, pred_hidden_dim, proj_dim])
-        self.target_backbone = frozen_copy(backbone)
-        self.target_projector = frozen_copy(self.projector)
-        self.momentum_base, self.momentum_final = momentum_base, momentum_final
+        self.add_momentum_copies(("backbone", "target_backbone"), ("projector", "target_projector"))
 
     def forward(self, views):
         self._check_views(views, "BYOL")
@@ -46,12 +47,3 @@ class BYOL(Method):
         with torch.no_grad():
             z = self.target_projector(self.target_backbone(x))
         return byol_loss(p[:b], z[b:]) + byol_loss(p[b:], z[:b])
-
-    def momentum(self, step: int, total_steps: int) -> float:
-        return cosine_momentum(step, total_steps, self.momentum_base, self.momentum_final)
-
-    @torch.no_grad()
-    def on_train_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        ema_update_(self.target_backbone, self.backbone, m)
-        ema_update_(self.target_projector, self.projector, m)

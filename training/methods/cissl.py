@@ -29,7 +29,8 @@ from torch import nn
 from eval.distributed import is_distributed
 
 from ..distributed import gather_rows
-from .common import Method, mlp
+from .common import Method, register_method
+from .heads import mlp
 
 
 def cissl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.07,
@@ -52,6 +53,8 @@ def cissl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float 
     return -(log_q[idx, idx] + log_q[idx, idx.roll(n // 2)]).mean() / 2
 
 
+@register_method("cissl", display_name="CISSL", paper="Dubois, Hashimoto, Ermon, Liang, NeurIPS 2022", position=30,
+                 summary='contrastive ISSL', losses=('cissl_loss',))
 class CISSL(Method):
     """Backbone + linear student ``Linear-BN`` + MLP teacher; loss :func:`cissl_loss`."""
 

@@ -1,4 +1,5 @@
-"""Pieces shared by the methods: the model interface, EMA targets, schedules and small heads.
+"""Pieces shared by the methods: the model interface, the method registry, the momentum (EMA teacher)
+base class, EMA updates and schedules. Heads are in :mod:`training.methods.heads`.
 
 The trainer talks to a method through a small interface (every part but ``forward`` optional):
 
@@ -13,11 +14,14 @@ The trainer talks to a method through a small interface (every part but ``forwar
   updates and queue updates. Everything these hooks change lives in ``state_dict()`` (buffers and
   frozen sub-modules), so a checkpoint holds it and a resumed run is exact;
 * ``export_backbone()``: the encoder to monitor and export (default ``backbone``).
+
+A method registers itself with :func:`register_method` (its name in recipes, the name shown in
+tables, its paper, its CPU recipe); :mod:`training.methods` imports every module of the package,
+so a new method is one new file (plus its recipe and its reference test).
 """
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 
 import torch
@@ -93,17 +97,65 @@ def encode_crops(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor
     return torch.cat(out)
 
 
-def mlp(dims: list[int], *, bn: bool = True, last_bn: bool = False, last_bias: bool = True,
-        act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """``Linear - [BN] - act`` for every hidden layer, then a last ``Linear`` (+ BN if ``last_bn``).
-    Hidden linears have no bias when followed by BN."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(dims)):
-        last = i == len(dims) - 2
-        if not last:
-            layers += [nn.Linear(a, b, bias=not bn)] + ([nn.BatchNorm1d(b)] if bn else []) + [act()]
-        else:
-            layers.append(nn.Linear(a, b, bias=last_bias and not last_bn))
-            if last_bn:
-                layers.append(nn.BatchNorm1d(b))
-    return nn.Sequential(*layers)
+# ----------------------------------------------------------------------------- registry
+
+#: recipe ``method.name`` -> class, in registration order (see :func:`registered_methods`)
+REGISTRY: dict[str, type] = {}
+
+
+def register_method(name: str, *, display_name: str, paper: str, position: int, cpu_recipe: str | None = None,
+                    summary: str = "", losses: tuple = ()):
+    """Class decorator: register a method class under the recipe name ``name``.
+
+    ``display_name``: the name in tables; ``paper``: the reference (authors, venue, year);
+    ``position``: the place of the method in the method table and in ``--methods all`` (ascending;
+    ties by name); ``cpu_recipe``: its Fashion-MNIST CPU recipe (default ``<name>_fashion_mnist_cpu``);
+    ``summary``: what the method is, in a few words; ``losses``: the names of its loss functions
+    (importable from its module). The values are kept on the class as ``method_name``,
+    ``display_name``, ``paper``, ``position``, ``cpu_recipe``, ``summary`` and ``losses``."""
+    def deco(cls):
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} is registered twice ({REGISTRY[name].__name__}, {cls.__name__})")
+        cls.method_name, cls.display_name, cls.paper = name, display_name, paper
+        cls.position, cls.cpu_recipe = int(position), cpu_recipe or f"{name}_fashion_mnist_cpu"
+        cls.summary, cls.losses = summary or display_name, tuple(losses)
+        REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def registered_methods() -> dict[str, type]:
+    """The registered classes ordered by ``(position, name)``."""
+    return dict(sorted(REGISTRY.items(), key=lambda kv: (kv[1].position, kv[0])))
+
+
+# ----------------------------------------------------------------------------- momentum methods
+
+class MomentumMethod(Method):
+    """A method with EMA copies (momentum encoder / target / teacher) of some of its sub-modules.
+
+    A subclass builds its online sub-modules, then calls :meth:`add_momentum_copies` with
+    ``(online attribute, copy attribute)`` pairs; each copy is a :func:`frozen_copy` registered as
+    a sub-module under its own attribute name (so the state-dict keys are the subclass's names,
+    e.g. BYOL's ``target_backbone``). After every optimiser step, :meth:`on_train_step` moves each
+    copy towards its online module with momentum :meth:`momentum` (``momentum_base`` ->
+    ``momentum_final`` on a half cosine, BYOL eq. (A.1)), in the order of the pairs."""
+
+    def __init__(self, *, momentum_base: float, momentum_final: float):
+        super().__init__()
+        self.momentum_base, self.momentum_final = momentum_base, momentum_final
+        self.momentum_pairs: tuple[tuple[str, str], ...] = ()
+
+    def add_momentum_copies(self, *pairs: tuple[str, str]) -> None:
+        for online, copy_name in pairs:
+            setattr(self, copy_name, frozen_copy(getattr(self, online)))
+        self.momentum_pairs = self.momentum_pairs + tuple(pairs)
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        return cosine_momentum(step, total_steps, self.momentum_base, self.momentum_final)
+
+    @torch.no_grad()
+    def on_train_step(self, step: int, total_steps: int) -> None:
+        m = self.momentum(step, total_steps)
+        for online, copy_name in self.momentum_pairs:
+            ema_update_(getattr(self, copy_name), getattr(self, online), m)

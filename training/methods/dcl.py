@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import gather_rows
-from .common import Method
-from .simclr import ProjectionHead
+from .common import Method, register_method
+from .heads import ProjectionHead
 
 
 def debiased_contrastive_loss(z: torch.Tensor, temperature: float = 0.5, tau_plus: float = 0.1,
@@ -72,6 +72,9 @@ def debiased_contrastive_loss(z: torch.Tensor, temperature: float = 0.5, tau_plu
     return (torch.log(pos + ng) - log_pos).mean().float()
 
 
+@register_method("dcl", display_name="DCL", paper="Chuang, Robinson, Lin, Torralba, Jegelka, NeurIPS 2020",
+                 position=20,
+                 summary="Debiased Contrastive Learning (not lightly's *Decoupled* CL); `tau_plus=0` is NT-Xent", losses=('debiased_contrastive_loss',))
 class DCL(Method):
     """Backbone + SimCLR projection head; loss :func:`debiased_contrastive_loss` of two views."""
 

@@ -27,14 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_reduce_mean
-from .common import (
-    Method,
-    cosine_momentum,
-    ema_update_,
-    encode_crops,
-    frozen_copy,
-    split_crops,
-)
+from .common import MomentumMethod, encode_crops, register_method, split_crops
 
 
 def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], center: torch.Tensor,
@@ -109,7 +102,9 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x).float(), dim=-1), frozen=freeze_last)
 
 
-class DINO(Method):
+@register_method("dino", display_name="DINO", paper="Caron et al., ICCV 2021", position=80,
+                 summary='DINO: centring, sharpening, EMA teacher, multi-crop', losses=('dino_loss',))
+class DINO(MomentumMethod):
     multicrop = True
     ddp_find_unused_parameters = True  # the last layer gets no gradient while it is frozen
 
@@ -118,15 +113,13 @@ class DINO(Method):
                  warmup_teacher_temp: float = 0.04, warmup_teacher_temp_epochs: float = 0.0,
                  center_momentum: float = 0.9, momentum_base: float = 0.996, momentum_final: float = 1.0,
                  freeze_last_layer_epochs: float = 1.0):
-        super().__init__()
+        super().__init__(momentum_base=momentum_base, momentum_final=momentum_final)
         self.backbone = backbone
         self.head = DINOHead(backbone.feature_dim, out_dim, proj_hidden_dim, bottleneck_dim, use_bn=use_bn)
-        self.teacher_backbone = frozen_copy(backbone)
-        self.teacher_head = frozen_copy(self.head)
+        self.add_momentum_copies(("backbone", "teacher_backbone"), ("head", "teacher_head"))
         self.loss = DINOLoss(out_dim, student_temp, center_momentum)
         self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.momentum_base, self.momentum_final = momentum_base, momentum_final
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
 
     def current_teacher_temp(self) -> float:
@@ -150,14 +143,5 @@ class DINO(Method):
         self.last_logs = {"teacher_temp": torch.tensor(tt)}
         return self.loss(list(s.split(sizes)), list(t.chunk(len(large))), tt)
 
-    def momentum(self, step: int, total_steps: int) -> float:
-        return cosine_momentum(step, total_steps, self.momentum_base, self.momentum_final)
-
     def export_backbone(self):
         return self.teacher_backbone
-
-    @torch.no_grad()
-    def on_train_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        ema_update_(self.teacher_backbone, self.backbone, m)
-        ema_update_(self.teacher_head, self.head, m)

@@ -33,7 +33,7 @@ from torch import nn
 from eval.distributed import is_distributed, world_size
 
 from ..distributed import all_reduce_sum
-from .common import Method, encode_crops, split_crops
+from .common import Method, encode_crops, register_method, split_crops
 
 
 def marginal_entropy(p: torch.Tensor, global_batch: bool = False) -> torch.Tensor:
@@ -101,6 +101,8 @@ def dissl_student_head(in_dim: int, n_clusters: int, bottleneck_dim: int = 512) 
                          nn.Linear(bottleneck_dim, n_clusters))
 
 
+@register_method("dissl", display_name="DISSL", paper="Dubois, Hashimoto, Ermon, Liang, NeurIPS 2022", position=90,
+                 summary='distillation ISSL: teacher/student heads, C clusters, lambda, beta, no EMA/stop-grad', losses=('dissl_loss', 'marginal_entropy'))
 class DISSL(Method):
     """Backbone + teacher / student heads; loss :func:`dissl_loss`. Multi-crop: the teacher sees the
     two large crops only, the student sees every crop."""

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_gather_nograd
-from .common import Method, cosine_momentum, ema_update_, frozen_copy, mlp
+from .common import MomentumMethod, register_method
+from .heads import mlp
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -58,20 +59,21 @@ class KeyQueue(nn.Module):
         self.ptr.fill_((int(self.ptr) + n) % size)
 
 
-class MoCoV2(Method):
+@register_method("mocov2", display_name="MoCo v2", paper="Chen, Fan, Girshick, He, arXiv 2003.04297 (2020)",
+                 position=40,
+                 summary='MoCo v2: queue + momentum encoder', losses=('moco_loss',))
+class MoCoV2(MomentumMethod):
     """Query encoder (backbone + head), momentum key encoder, key queue."""
 
     def __init__(self, backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128, queue_size: int = 65536,
                  temperature: float = 0.2, momentum_base: float = 0.999, momentum_final: float = 0.999,
                  symmetric: bool = False):
-        super().__init__()
+        super().__init__(momentum_base=momentum_base, momentum_final=momentum_final)
         self.backbone = backbone
         self.head = mlp([backbone.feature_dim, proj_hidden_dim, proj_dim], bn=False)
-        self.momentum_backbone = frozen_copy(backbone)
-        self.momentum_head = frozen_copy(self.head)
+        self.add_momentum_copies(("backbone", "momentum_backbone"), ("head", "momentum_head"))
         self.queue = KeyQueue(queue_size, proj_dim)
         self.temperature = temperature
-        self.momentum_base, self.momentum_final = momentum_base, momentum_final
         self.symmetric = symmetric
         self._pending: torch.Tensor | None = None
 
@@ -94,14 +96,9 @@ class MoCoV2(Method):
             self._pending = all_gather_nograd(k.detach())
         return loss
 
-    def momentum(self, step: int, total_steps: int) -> float:
-        return cosine_momentum(step, total_steps, self.momentum_base, self.momentum_final)
-
     @torch.no_grad()
     def on_train_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        ema_update_(self.momentum_backbone, self.backbone, m)
-        ema_update_(self.momentum_head, self.head, m)
+        super().on_train_step(step, total_steps)  # the momentum encoder
         if self._pending is not None:
             self.queue.enqueue(self._pending)
             self._pending = None

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import gather_rows
+from .common import register_method
+from .heads import ProjectionHead
 
 
 def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,18 +40,8 @@ def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, rows: torch.Tensor |
     return F.cross_entropy(logits, target)
 
 
-class ProjectionHead(nn.Sequential):
-    """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)``; with ``bn=False`` the tutorial /
-    original-SimCLR-code variant ``Linear(in, hidden) - ReLU - Linear(hidden, out)``."""
-
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, bn: bool = True):
-        if bn:
-            super().__init__(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                             nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
-        else:
-            super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
-
-
+@register_method("simclr", display_name="SimCLR", paper="Chen, Kornblith, Norouzi, Hinton, ICML 2020", position=10,
+                 summary='SimCLR (NT-Xent)', losses=('nt_xent_loss',))
 class SimCLR(nn.Module):
     """Backbone + projection head; ``forward(views)`` returns the NT-Xent loss of two views."""
 

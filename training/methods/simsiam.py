@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import Method, mlp
+from .common import Method, register_method
+from .heads import mlp
 
 
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -23,6 +24,8 @@ def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
 
 
+@register_method("simsiam", display_name="SimSiam", paper="Chen & He, CVPR 2021", position=60,
+                 summary='SimSiam: stop-grad predictor', losses=('simsiam_loss',))
 class SimSiam(Method):
     def __init__(self, backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 2048, pred_hidden_dim: int = 512,
                  proj_layers: int = 3):

@@ -7,11 +7,9 @@ generated images); images with label -1 never vote in the online kNN monitor. Th
 virtual (an index map), so ``repeat: 10`` costs no memory. With ``optim.epochs: null`` the run
 length is ``train.max_steps`` exactly, whatever the data size: inflation adds no computation.
 
-This module adds:
+This module adds (upstream's four augmentation files are
+:data:`training.augmentation.presets.AUGMENT_PRESETS`, selected with ``augment.preset``):
 
-* :data:`AUGMENT_PRESETS` -- upstream's four augmentation files
-  (``scripts/pretrain/cifar/augmentations/*.yaml``) as recipe fields; select one with
-  ``augment.preset``; fields set explicitly in the recipe or with ``--set`` win over the preset;
 * :func:`folder_to_npz` -- image folder -> inflation npz, decoded with PIL in **RGB** (upstream's
   ``generated_data.py`` reads with ``cv2.imread``, i.e. BGR, and writes that);
 * :func:`channel_order_check` -- flags a BGR file by comparing per-channel statistics with the real set;
@@ -32,23 +30,8 @@ from zoo.base import SSLZooError
 
 from zoo.io import atomic_write_bytes
 
-# Upstream values (seeds.md 4.2). Colour-jitter strengths are torchvision's ColorJitter arguments; blur
-# sigma U[0.1, 2]; the asymmetric presets solarize only the second view (augment.view2).
-AUGMENT_PRESETS: dict = {
-    "symmetric": {"scale": [0.08, 1.0], "flip_p": 0.5, "jitter_p": 0.8, "brightness": 0.8, "contrast": 0.8,
-                  "saturation": 0.8, "hue": 0.2, "grayscale_p": 0.2, "blur_p": 0.5, "blur_sigma": [0.1, 2.0],
-                  "solarize_p": 0.0, "view2": None},
-    "symmetric_adainf": {"scale": [0.2, 1.0], "flip_p": 0.5, "jitter_p": 0.4, "brightness": 0.4, "contrast": 0.4,
-                         "saturation": 0.4, "hue": 0.1, "grayscale_p": 0.2, "blur_p": 0.5, "blur_sigma": [0.1, 2.0],
-                         "solarize_p": 0.0, "view2": None},
-    "asymmetric": {"scale": [0.08, 1.0], "flip_p": 0.5, "jitter_p": 0.8, "brightness": 0.4, "contrast": 0.4,
-                   "saturation": 0.2, "hue": 0.1, "grayscale_p": 0.2, "blur_p": 0.0, "blur_sigma": [0.1, 2.0],
-                   "solarize_p": 0.0, "view2": {"solarize_p": 0.2}},
-    "asymmetric_adainf": {"scale": [0.2, 1.0], "flip_p": 0.5, "jitter_p": 0.4, "brightness": 0.4, "contrast": 0.4,
-                          "saturation": 0.2, "hue": 0.1, "grayscale_p": 0.2, "blur_p": 0.0, "blur_sigma": [0.1, 2.0],
-                          "solarize_p": 0.0, "view2": {"solarize_p": 0.2}},
-}
-
+from .kmeans import kmeans
+from .subsets import SubsetError
 
 class InflationError(SSLZooError, ValueError):
     """Bad inflation input (folder, npz, check); one line saying what to do."""
@@ -176,8 +159,6 @@ def gaussian_mixture_standin(real: np.ndarray, n: int, *, seed: int = 0, compone
     """A Gaussian mixture fitted here: PCA to ``pca_dim`` dims, k-means into ``components`` clusters,
     one full-covariance Gaussian per cluster; ``n`` samples drawn from it and mapped back to pixels.
     A tiny generative model (blurry, low-fidelity samples) standing in for a diffusion model."""
-    from .sas import kmeans
-
     rng = np.random.default_rng(seed)
     real = np.asarray(real)
     shape = real.shape[1:]
@@ -187,7 +168,10 @@ def gaussian_mixture_standin(real: np.ndarray, n: int, *, seed: int = 0, compone
                                full_matrices=False)
     basis = v[:pca_dim]
     z = (x - mu) @ basis.t()
-    lab = kmeans(z, components, seed=seed, iters=iters).numpy()
+    try:
+        lab = kmeans(z, components, seed=seed, iters=iters).numpy()
+    except ValueError as e:  # more components than images
+        raise SubsetError(str(e)) from None
     counts = np.bincount(lab, minlength=components).astype(np.float64)
     pick = rng.choice(components, size=n, p=counts / counts.sum())
     zs = np.empty((n, pca_dim))

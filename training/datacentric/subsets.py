@@ -5,7 +5,7 @@ Datasets, with the names and behaviour of the upstream ``sas.subset_dataset`` mo
 * :class:`RandomSubsetDataset` -- ``floor(N * f)`` random examples, or with a ``partition``
   (``{class: [indices]}``) ``floor(|class| * f)`` per class (class-balanced);
 * :class:`CustomSubsetDataset` -- given indices (e.g. a released subset file);
-* :class:`SASSubsetDataset` -- the SAS selection of :mod:`training.sas`.
+* :class:`~training.datacentric.sas.SASSubsetDataset` -- the SAS selection (in :mod:`training.datacentric.sas`).
 
 Differences from upstream, on purpose: a seed instead of the global ``random`` state (same seed ->
 same subset, bit for bit); ``len()`` is the number of kept indices (upstream returns
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ import torch
 from zoo.base import SSLZooError
 
 from zoo.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 SUBSET_FORMAT = "sslzoo.subset"
 SUBSET_VERSION = 1
@@ -210,7 +213,7 @@ class BaseSubsetDataset(torch.utils.data.Dataset):
         self.subset_indices = [int(i) for i in self.subset_indices]
         check_indices(self.subset_indices, len(self.dataset), type(self).__name__)
         if self.verbose:
-            print(f"{type(self).__name__}: {len(self.subset_indices)} of {len(self.dataset)} examples")
+            log.info("%s: %d of %d examples", type(self).__name__, len(self.subset_indices), len(self.dataset))
 
     def __len__(self) -> int:
         return len(self.subset_indices)
@@ -258,35 +261,4 @@ class CustomSubsetDataset(BaseSubsetDataset):
         super().__init__(dataset, len(idx) / max(1, len(dataset)), verbose)
         self.subset_indices = idx
         self.meta = {"method": "custom", "fraction": self.subset_fraction, "dataset_size": len(dataset)}
-        self.initialization_complete()
-
-
-class SASSubsetDataset(BaseSubsetDataset):
-    """The SAS subset (:func:`training.sas.sas_subset`): per approximate latent class, the
-    ``floor(|c| f)`` examples ranked best by ``objective`` (``"upstream"``: sum of positive expected
-    augmentation similarities to the class; ``"paper"``: greedy on the paper's objective), from the
-    proxy embeddings averaged over ``n_augment`` augmentations (0 = the plain image, as upstream).
-
-    ``dataset``: an :class:`eval.datasets.ImageSplit`, a uint8 tensor ``[N, C, H, W]``, or a dataset
-    whose items are ``(image, label)`` with uint8 / float-in-[0, 1] tensor images. Pass
-    ``embeddings`` (from :func:`training.sas.proxy_embeddings`) to reuse them across fractions.
-    """
-
-    def __init__(self, dataset, subset_fraction: float, approx_latent_class_partition: dict, proxy_model=None, *,
-                 objective: str = "upstream", n_augment: int = 8, augment=None, threshold: float = 0.0, seed: int = 0,
-                 device: str | None = None, batch_size: int = 512, embeddings=None, verbose: bool = False):
-        from . import sas
-
-        super().__init__(dataset, check_fraction(subset_fraction), verbose)
-        if embeddings is None:
-            if proxy_model is None:
-                raise SubsetError("SASSubsetDataset needs proxy_model (a zoo encoder) or precomputed embeddings")
-            images = sas.images_of(dataset)
-            embeddings = sas.proxy_embeddings(proxy_model, images, n_augment=n_augment, augment=augment, seed=seed,
-                                              device=device, batch_size=batch_size)
-        self.embeddings = embeddings
-        self.subset_indices = sas.sas_subset(embeddings, approx_latent_class_partition, subset_fraction,
-                                             objective=objective, threshold=threshold)
-        self.meta = {"method": "sas", "objective": objective, "fraction": subset_fraction, "seed": seed,
-                     "n_augment": n_augment, "threshold": threshold, "dataset_size": len(dataset)}
         self.initialization_complete()

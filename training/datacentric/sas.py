@@ -41,7 +41,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .subsets import SubsetError, check_fraction, check_partition, class_budget
+from ..augmentation import ViewAugment
+from ..config import load_recipe
+from ..trainer import Trainer
+from .kmeans import kmeans
+from .subsets import BaseSubsetDataset, SubsetError, check_fraction, check_partition, class_budget
 
 OBJECTIVES = ("upstream", "paper")
 PARTITIONS = ("kmeans", "linear", "zeroshot", "labels")
@@ -83,9 +87,6 @@ def train_proxy(recipe: str, out: str | Path, steps: int, overrides: list | None
                 device: str | None = "cpu") -> torch.nn.Module:
     """Train a small proxy with a recipe (e.g. ``simclr_fashion_mnist_cpu``) for ``steps`` steps
     (resumable in ``out``) and load its export."""
-    from .config import load_recipe
-    from .trainer import Trainer
-
     cfg = load_recipe(recipe, list(overrides or []) + [f"train.max_steps={int(steps)}"])
     out = Path(out)
     if not (out / "export" / "model.safetensors").is_file():
@@ -115,8 +116,6 @@ def encode(proxy: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 51
 def default_augment(proxy: torch.nn.Module):
     """SimCLR-style views at the proxy's input size and normalisation (crop 0.2-1, flip, jitter
     0.4/0.4/0.4/0.1 p 0.8, grayscale p 0.2; torchvision semantics)."""
-    from .augment import ViewAugment
-
     pre = proxy.preprocess
     return ViewAugment(size=pre.crop, scale=(0.2, 1.0), mean=tuple(pre.mean), std=tuple(pre.std), version=2)
 
@@ -138,7 +137,7 @@ class ProxyEmbeddings:
 def proxy_embeddings(proxy: torch.nn.Module, images: torch.Tensor, *, n_augment: int = 8, augment=None,
                      seed: int = 0, batch_size: int = 512, device: str | None = None) -> ProxyEmbeddings:
     """Expected-augmentation embeddings (module docstring). ``augment``: a
-    :class:`training.augment.ViewAugment` producing the proxy's input (its size and normalisation);
+    :class:`training.augmentation.ViewAugment` producing the proxy's input (its size and normalisation);
     default :func:`default_augment`. Augmentations are drawn from ``torch.Generator().manual_seed(seed)``
     in a fixed order (augmentation-major, then batches)."""
     from tqdm.auto import tqdm
@@ -192,48 +191,13 @@ def label_partition(labels) -> dict:
     return {int(c): np.flatnonzero(y == c).tolist() for c in np.unique(y) if c >= 0}
 
 
-def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100) -> torch.Tensor:
-    """Seeded k-means (Euclidean, k-means++ init, Lloyd iterations until no assignment changes);
-    an empty cluster is re-seeded with the point farthest from its centre. Returns labels ``[N]``."""
-    x = torch.as_tensor(x, dtype=torch.float64)
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise SubsetError(f"k-means needs 1 <= k <= N, got k={k}, N={n}")
-    g = torch.Generator().manual_seed(int(seed))
-    sqn = (x * x).sum(1)
-
-    def dist2(c):
-        return (sqn[:, None] - 2 * x @ c.t() + (c * c).sum(1)[None]).clamp_min_(0)
-
-    centres = [x[int(torch.randint(n, (1,), generator=g))]]
-    d = dist2(centres[0][None]).squeeze(1)
-    for _ in range(1, k):
-        p = d / d.sum() if d.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
-        i = int(torch.multinomial(p, 1, generator=g))
-        centres.append(x[i])
-        d = torch.minimum(d, dist2(x[i][None]).squeeze(1))
-    c = torch.stack(centres)
-    labels = None
-    for _ in range(iters):
-        d = dist2(c)
-        new = d.argmin(1)
-        if labels is not None and torch.equal(new, labels):
-            break
-        labels = new
-        for j in range(k):
-            m = labels == j
-            if m.any():
-                c[j] = x[m].mean(0)
-            else:  # re-seed an empty cluster with the worst-fitted point
-                far = int(d.gather(1, labels[:, None]).squeeze(1).argmax())
-                c[j] = x[far]
-                labels[far] = j
-    return labels
-
-
 def kmeans_partition(features, num_classes: int, seed: int = 0) -> dict:
     """Upstream ``kmeans_approx``: k-means with ``num_classes`` clusters on proxy features."""
-    return partition_from_preds(kmeans(torch.as_tensor(features), int(num_classes), seed=seed))
+    try:
+        labels = kmeans(torch.as_tensor(features), int(num_classes), seed=seed)
+    except ValueError as e:  # k out of range: the caller's subset input
+        raise SubsetError(str(e)) from None
+    return partition_from_preds(labels)
 
 
 def linear_partition(features, labeled_indices, labeled_labels, num_classes: int, l2: float = 2e-3,
@@ -407,3 +371,32 @@ def sas_partition(kind: str, *, proxy=None, images=None, features=None, labels=N
         raise SubsetError("partition 'linear' needs labels to draw the few labelled examples from")
     lab = few_labels(labels, labeled_per_class, labeled_total, seed)
     return linear_partition(features, lab, np.asarray(labels)[lab], num_classes)
+
+
+class SASSubsetDataset(BaseSubsetDataset):
+    """The SAS subset (:func:`sas_subset`): per approximate latent class, the
+    ``floor(|c| f)`` examples ranked best by ``objective`` (``"upstream"``: sum of positive expected
+    augmentation similarities to the class; ``"paper"``: greedy on the paper's objective), from the
+    proxy embeddings averaged over ``n_augment`` augmentations (0 = the plain image, as upstream).
+
+    ``dataset``: an :class:`eval.datasets.ImageSplit`, a uint8 tensor ``[N, C, H, W]``, or a dataset
+    whose items are ``(image, label)`` with uint8 / float-in-[0, 1] tensor images. Pass
+    ``embeddings`` (from :func:`proxy_embeddings`) to reuse them across fractions.
+    """
+
+    def __init__(self, dataset, subset_fraction: float, approx_latent_class_partition: dict, proxy_model=None, *,
+                 objective: str = "upstream", n_augment: int = 8, augment=None, threshold: float = 0.0, seed: int = 0,
+                 device: str | None = None, batch_size: int = 512, embeddings=None, verbose: bool = False):
+        super().__init__(dataset, check_fraction(subset_fraction), verbose)
+        if embeddings is None:
+            if proxy_model is None:
+                raise SubsetError("SASSubsetDataset needs proxy_model (a zoo encoder) or precomputed embeddings")
+            images = images_of(dataset)
+            embeddings = proxy_embeddings(proxy_model, images, n_augment=n_augment, augment=augment, seed=seed,
+                                              device=device, batch_size=batch_size)
+        self.embeddings = embeddings
+        self.subset_indices = sas_subset(embeddings, approx_latent_class_partition, subset_fraction,
+                                             objective=objective, threshold=threshold)
+        self.meta = {"method": "sas", "objective": objective, "fraction": subset_fraction, "seed": seed,
+                     "n_augment": n_augment, "threshold": threshold, "dataset_size": len(dataset)}
+        self.initialization_complete()

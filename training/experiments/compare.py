@@ -1,4 +1,4 @@
-"""Method comparison on Fashion-MNIST at one training budget: ``python -m training.compare``.
+"""Method comparison on Fashion-MNIST at one training budget: ``python -m training.experiments.compare``.
 
 Every named method trains from its CPU recipe (``training/recipes/<method>_fashion_mnist_cpu.yaml``:
 its own loss, heads, optimiser and augmentation) with three things made equal by ``--set``
@@ -21,7 +21,8 @@ training seeds, with budget, seeds and protocols in its header), a per-run table
 and a bar plot (``OUT/compare.png``) are written atomically.
 
 Default: simclr, dcl (tau_plus 0.05), dcl (tau_plus 0.1), cissl, seeds 0,1,2; ``--methods all`` adds
-mocov2, byol, simsiam, barlow, dino, dissl with ``--extra-seeds`` (default 0).
+every other registered method (:data:`training.methods.METHODS`: mocov2, byol, simsiam, barlow, dino,
+dissl) with ``--extra-seeds`` (default 0).
 """
 from __future__ import annotations
 
@@ -32,33 +33,43 @@ import math
 import os
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from zoo.io import atomic_write_bytes, atomic_write_text
+from zoo.base import SSLZooError, atomic_write_bytes, atomic_write_text, one_line
+from zoo.cli import show_library_logs
 
-from .config import ConfigError, load_recipe
+from ..config import load_recipe
+from ..methods import METHODS
+from . import harness
 
 __all__ = ["VARIANTS", "DEFAULT_METHODS", "EXTRA_METHODS", "Run", "plan_runs", "main"]
 
-#: method key -> (recipe, overrides, label in the table)
-VARIANTS: dict = {
-    "simclr": ("simclr_fashion_mnist_cpu", [], "SimCLR"),
-    "dcl_tau0.05": ("dcl_fashion_mnist_cpu", ["method.tau_plus=0.05"], "DCL tau+ 0.05"),
-    "dcl_tau0.1": ("dcl_fashion_mnist_cpu", ["method.tau_plus=0.1"], "DCL tau+ 0.1"),
-    "cissl": ("cissl_fashion_mnist_cpu", [], "CISSL"),
-    "mocov2": ("mocov2_fashion_mnist_cpu", [], "MoCo v2"),
-    "byol": ("byol_fashion_mnist_cpu", [], "BYOL"),
-    "simsiam": ("simsiam_fashion_mnist_cpu", [], "SimSiam"),
-    "barlow": ("barlow_fashion_mnist_cpu", [], "Barlow Twins"),
-    "dino": ("dino_fashion_mnist_cpu", [], "DINO"),
-    "dissl": ("dissl_fashion_mnist_cpu", [], "DISSL"),
+#: method keys that are not a registered method as such: DCL at two class priors tau+ (instead of plain ``dcl``)
+#: -> (method, overrides, label in the table)
+DCL_VARIANTS: dict = {
+    "dcl_tau0.05": ("dcl", ["method.tau_plus=0.05"], "DCL tau+ 0.05"),
+    "dcl_tau0.1": ("dcl", ["method.tau_plus=0.1"], "DCL tau+ 0.1"),
 }
+
+
+def _variants() -> dict:
+    """Every registered method with its CPU recipe, in ``METHODS`` order, ``dcl`` replaced by its tau+ variants."""
+    out: dict = {}
+    for name, cls in METHODS.items():
+        if name == "dcl":
+            for key, (m, own, label) in DCL_VARIANTS.items():
+                out[key] = (METHODS[m].cpu_recipe, list(own), label)
+        else:
+            out[name] = (cls.cpu_recipe, [], cls.display_name)
+    return out
+
+
+#: method key -> (recipe, overrides, label in the table)
+VARIANTS: dict = _variants()
 DEFAULT_METHODS = ("simclr", "dcl_tau0.05", "dcl_tau0.1", "cissl")
-EXTRA_METHODS = ("mocov2", "byol", "simsiam", "barlow", "dino", "dissl")
+EXTRA_METHODS = tuple(m for m in VARIANTS if m not in DEFAULT_METHODS)
 ARCH_RECIPE = "simclr_d1024_fashion_mnist_cpu"
 DEFAULT_STEPS = 2340  # 20 epochs of Fashion-MNIST train (117 steps of 512)
 FEWSHOT_K = 10
@@ -66,8 +77,6 @@ FEWSHOT_SEEDS = (0, 1, 2)
 #: (column, store protocol label, table header)
 PROTOCOLS = (("linear", "linear", "linear"), ("knn20", "knn k=20 T=0.07", "kNN k=20"),
              ("fewshot10", f"few-shot k={FEWSHOT_K}", f"{FEWSHOT_K}-shot"))
-# what may differ between an interrupted run's recorded config and today's (it is how runs are stopped)
-_VOLATILE = (("train", "stop_at_step"),)
 
 
 @dataclass
@@ -122,82 +131,11 @@ def plan_runs(methods, seeds, extra_seeds, out: Path, budget: list) -> list:
     return runs
 
 
-def _strip(cfg: dict) -> dict:
-    cfg = json.loads(json.dumps(cfg))
-    for sec, key in _VOLATILE:
-        cfg.get(sec, {}).pop(key, None)
-    return cfg
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def train_run(run: Run, extra_sets: list, device: str | None) -> dict:
-    """Train ``run`` (skip when done, resume when interrupted); returns its ``compare.json`` record,
-    whose ``status`` is ``done``, ``stopped`` (interrupted) or ``failed`` (the trainer's one-line
-    error, e.g. a NaN loss, in ``error``; a later invocation tries again from the last checkpoint)."""
-    from .trainer import Trainer, TrainingError
-
-    cfg = load_recipe(run.recipe, run.overrides + extra_sets)
-    rec_path = run.folder / "compare.json"
-    rec = _read_json(rec_path) or {}
-    export = run.folder / "export" / "model.safetensors"
-    if rec.get("status") == "done" and export.is_file():
-        if _strip(rec.get("config", {})) != _strip(cfg):
-            raise ValueError(f"{run.folder} holds a finished run with another recipe or budget; use another --out "
-                             f"or delete that folder")
-        return rec
-    resume = (run.folder / "checkpoint.pt").is_file()
-    if resume:
-        try:
-            old = yaml.safe_load((run.folder / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
-            old = None
-        if old is None or _strip(old) != _strip(cfg):
-            raise ValueError(f"{run.folder} holds an interrupted run with another recipe or budget; use another "
-                             f"--out or delete that folder")
-    start_step = 0
-    if resume:
-        import torch
-
-        try:  # where this segment starts: the checkpoint's step (a killed segment left no record)
-            start_step = int(torch.load(run.folder / "checkpoint.pt", map_location="cpu", weights_only=True)["step"])
-        except Exception:  # noqa: BLE001 -- Trainer.fit reports an unreadable checkpoint in one line
-            start_step = -1
-    trainer = Trainer(cfg, run.folder, device=device)
-    segments = list(rec.get("segments", []))
-    result = None
-    start = time.perf_counter()
-    error = None
-    try:
-        result = trainer.fit(resume=resume)
-    except TrainingError as e:  # e.g. a NaN loss: recorded, reported under the table, the others go on
-        error = str(e)
-    finally:
-        segments.append({"start_step": start_step, "end_step": trainer.step,
-                         "wall_s": round(time.perf_counter() - start, 3), "resumed": resume})
-        rec = {"method": run.method, "seed": run.seed, "recipe": run.recipe, "overrides": run.overrides + extra_sets,
-               "status": "running", "segments": segments, "config": cfg}
-        run.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(rec_path, json.dumps(rec, indent=1))
-    total = int(cfg["train"]["max_steps"])
-    if error is not None:
-        rec["status"] = "failed"
-        rec["error"] = error
-    elif result is None or result.name != "model.safetensors" or trainer.step < total:
-        rec["status"] = "stopped"
-    else:
-        rec["status"] = "done"
-        rec["wall_s"] = round(sum(s["wall_s"] for s in segments), 3)
-        # a segment killed without a record (SIGKILL) leaves a gap: its time is unknown
-        rec["wall_complete"] = segments[0]["start_step"] == 0 and all(
-            0 <= b["start_step"] <= a["end_step"] for a, b in zip(segments, segments[1:]))
-    atomic_write_text(rec_path, json.dumps(rec, indent=1))
-    return rec
+    """Train ``run`` through the harness (:func:`training.experiments.harness.train_run`); its record is
+    ``compare.json`` in the run folder."""
+    return harness.train_run(run.folder, run.recipe, run.overrides + extra_sets, device,
+                             meta={"method": run.method, "seed": run.seed})
 
 
 def _run_accs(rows) -> dict:
@@ -337,7 +275,7 @@ def plot(rows, path: Path, title: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.compare",
+    p = argparse.ArgumentParser(prog="python -m training.experiments.compare",
                                 description="train several methods at one budget and compare them with the harness")
     p.add_argument("--methods", default="default",
                    help=f"default ({', '.join(DEFAULT_METHODS)}), all (+ {', '.join(EXTRA_METHODS)}) or a comma list")
@@ -398,7 +336,7 @@ def run(args) -> int:
         bar = tqdm(runs, desc="compare", unit="run", dynamic_ncols=True)
         for r in bar:
             bar.set_postfix(run=r.name)
-            rec = _read_json(r.folder / "compare.json") or {}
+            rec = harness.read_json(r.folder / harness.RECORD) or {}
             if rec.get("status") == "done":
                 tqdm.write(f"{r.name}: finished before, skipped")
             rec = train_run(r, args.overrides, args.device)
@@ -443,7 +381,7 @@ def run(args) -> int:
         (f"- wall: measured seconds of each run's training (data load + steps + export), mean over seeds; "
          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OMP threads {threads}"),
         f"- code {code_version()} (probes of the runs by: {', '.join(probe_versions) or 'this version'}); "
-        f"command: `{' '.join(['python -m training.compare', *args.argv])}`",
+        f"command: `{' '.join(['python -m training.experiments.compare', *args.argv])}`",
     ]
     budget_cols = {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": warmup,
                    "dataset": args.dataset, "arch": ARCH_RECIPE, "fewshot_seeds": ",".join(map(str, FEWSHOT_SEEDS))}
@@ -463,20 +401,16 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from eval.datasets import DatasetError
-    from zoo.io import WeightsError
-
-    from .trainer import TrainingError
-
     args = build_parser().parse_args(argv)
+    show_library_logs()
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except (DatasetError, WeightsError, ConfigError, TrainingError, ValueError) as e:
-        print(f"training.compare: error: {e}", file=sys.stderr)
+    except (SSLZooError, ValueError) as e:
+        print(f"training.experiments.compare: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("training.compare: interrupted; run the same command again to resume", file=sys.stderr)
+        print("training.experiments.compare: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -10,18 +10,18 @@ The library is compiled once per source / compiler / machine with the system C c
 (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into ``$SSLZOO_HOME/fastaug/<hash>/`` (default
 ``~/.cache/sslzoo``), written to a temporary name and renamed, and loaded with ctypes. Nothing is
 compiled at import time. When there is no compiler, the build fails, or ``SSLZOO_FASTAUG=0`` is
-set, :func:`library` returns ``None`` (saying why once, on stderr) and ``ViewAugment`` keeps to the
+set, :func:`library` returns ``None`` (saying why once, a warning on the ``training`` logger) and ``ViewAugment`` keeps to the
 eager torch path, which computes the same thing.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -31,6 +31,8 @@ import torch
 from zoo.base import home
 
 SOURCE = Path(__file__).with_name("_fastaug.c")
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -93,8 +95,7 @@ def library():
                 except (OSError, RuntimeError) as e:
                     lib, why = None, f"build failed: {e}"
         if lib is None and why != "SSLZOO_FASTAUG=0":
-            print(f"sslzoo: fused CPU augmentation kernels unavailable ({why}); using the eager torch path",
-                  file=sys.stderr)
+            log.warning("sslzoo: fused CPU augmentation kernels unavailable (%s); using the eager torch path", why)
         _state["lib"] = lib
         return lib
 
