@@ -49,7 +49,7 @@ __all__ = ["Trainer", "TrainingError", "build_model", "build_optimizer", "build_
 _VIEW_KEYS = ("preset", "small_crops", "small_size", "small_scale", "view2")
 
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 class TrainingError(SSLZooError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); one line with the step and a hint."""
@@ -309,7 +309,7 @@ class Trainer:
         seed = int(self.cfg["train"]["seed"])
         self.gen.manual_seed(_aug_seed(seed, self.rank) * 65537 + self.step)
         if self.rank == 0:
-            log.info(f"checkpoint written by {saved_world} process(es), resumed on {self.world}: data order and "
+            logger.info(f"checkpoint written by {saved_world} process(es), resumed on {self.world}: data order and "
                        f"step continue; augmentation streams re-seeded")
 
     # ------------------------------------------------------------------ loop
@@ -350,9 +350,9 @@ class Trainer:
         if resume and ckpt.is_file():
             start_epoch, start_batch = self.resume(ckpt)
             if main:
-                log.info(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
+                logger.info(f"resumed from {ckpt} at step {self.step} (epoch {start_epoch}, batch {start_batch})")
         elif resume and main:
-            log.info(f"no checkpoint in {self.out}; starting from scratch")
+            logger.info(f"no checkpoint in {self.out}; starting from scratch")
         D.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
         log = logf = None
         mon_path = self.out / "monitor.csv"
@@ -402,7 +402,7 @@ class Trainer:
                         f.write(f"{epoch},{self.step},{acc:.4f}\n")
                     if self.tb is not None:
                         self.tb.add_scalar("monitor/knn20_heldout_train", acc, self.step)
-                    log.info(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
+                    logger.info(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
         finally:
             pbar.close()
             if logf is not None:
@@ -412,7 +412,7 @@ class Trainer:
         self._save(ckpt, epoch, batch)
         if self.step < total:
             if main:
-                log.info(f"stopped at step {self.step} of {total}; continue with --resume")
+                logger.info(f"stopped at step {self.step} of {total}; continue with --resume")
             return ckpt
         path = self.export() if main else self.out / "export" / "model.safetensors"
         D.barrier()  # the export exists for every rank once fit returns

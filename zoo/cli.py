@@ -18,25 +18,26 @@ from .registry import REGISTRY, get_record
 PACKAGE_LOGGERS = ("zoo", "eval", "training")
 
 
-class _StdoutHandler(logging.Handler):
-    """The message alone, on whatever ``sys.stdout`` is when the record is emitted."""
+class _UserHandler(logging.Handler):
+    """The message alone: INFO on stdout, warnings and errors on stderr (whatever ``sys.stdout`` /
+    ``sys.stderr`` are when the record is emitted), written past an active tqdm bar."""
 
     def emit(self, record):
         try:
-            from tqdm import tqdm  # a line written past an active progress bar, not through it
+            from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=sys.stdout)
+            tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
         except Exception:
             self.handleError(record)
 
 
 def show_library_logs(level=logging.INFO) -> None:
     """Library code logs through ``logging`` (one logger per package); a command-line user sees INFO
-    and above of those loggers as plain lines on stdout. Idempotent."""
+    and above of those loggers as plain lines (warnings on stderr). Idempotent."""
     for name in PACKAGE_LOGGERS:
         logger = logging.getLogger(name)
-        if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
-            logger.addHandler(_StdoutHandler())
+        if not any(isinstance(h, _UserHandler) for h in logger.handlers):
+            logger.addHandler(_UserHandler())
         if logger.level == logging.NOTSET or logger.level > level:
             logger.setLevel(level)
 
