@@ -19,7 +19,7 @@ from tabulate import tabulate
 from zoo.io import atomic_write_text
 
 __all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table", "reported_metric",
-           "attach_reported", "render_leaderboard"]
+           "attach_reported", "render_leaderboard", "protocol_matches"]
 
 #: Columns every row must provide, in display order.
 REQUIRED: tuple[str, ...] = ("model", "weights_sha256", "dataset", "protocol", "accuracy_mean", "accuracy_std",
@@ -190,7 +190,7 @@ def render_summary(df: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- leaderboard
 
 
-def _protocol_matches(measured: str, reported: str) -> bool:
+def protocol_matches(measured: str, reported: str) -> bool:
     """``"linear"`` matches ``"linear (L2 chosen on ...)"``; ``"few-shot k=1"`` does not match
     ``"few-shot k=10 ..."``: the reported protocol is the measured label, optionally followed by a
     space or parenthesised details."""
@@ -207,7 +207,7 @@ def reported_metric(model: str, dataset: str, protocol: str):
     if rec is None:
         return None
     for m in rec.metrics:
-        if m.dataset == dataset and _protocol_matches(protocol, m.protocol):
+        if m.dataset == dataset and protocol_matches(protocol, m.protocol):
             return m
     return None
 
