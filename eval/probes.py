@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .solver import fit_logreg_batch, fit_logreg_spectral, stacked_predict
+from .stats import mean_std
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -474,7 +475,7 @@ def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 
             probe = LinearProbe(C, l2, max_iter=max_iter).fit(sx, sy)
             accs.append(probe.score(test_x, test_y))
             l2s.append(l2)
-        std = float(np.std(accs, ddof=1)) if len(accs) >= 2 else float("nan")
-        results.append({"shots": k, "mean": float(np.mean(accs)), "std": std, "per_seed": accs, "seeds": list(seeds),
+        mean, std = mean_std(accs, missing=float("nan"))
+        results.append({"shots": k, "mean": mean, "std": std, "per_seed": accs, "seeds": list(seeds),
                         "per_seed_l2": l2s})
     return results
