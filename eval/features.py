@@ -60,13 +60,8 @@ def _check_input(model, split: ImageSplit, preprocess) -> None:
 
 def _batches(split: ImageSplit, preprocess, batch_size: int):
     n = len(split)
-    if split.images is not None:
-        x = split.as_tensor()
-        for i in range(0, n, batch_size):
-            yield preprocess(x[i:i + batch_size])
-    else:
-        for i in range(0, n, batch_size):
-            yield torch.stack([preprocess(split.get(j)) for j in range(i, min(n, i + batch_size))])
+    for i in range(0, n, batch_size):
+        yield split.batch(i, min(n, i + batch_size), preprocess)
 
 
 @torch.no_grad()

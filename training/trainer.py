@@ -496,14 +496,6 @@ class Trainer:
 def _split_tensor(split, spec: str) -> torch.Tensor:
     """All images of a split as uint8 ``[N, C, H, W]``; file-backed splits (tinyimagenet, folders)
     are decoded into memory, which needs one image size."""
-    if split.images is not None:
-        return split.as_tensor()
-    first = split.get(0)
-    out = torch.empty((len(split),) + tuple(first.shape), dtype=torch.uint8)
-    for i in tqdm(range(len(split)), desc=f"decoding {spec}", unit="img", leave=False):
-        im = first if i == 0 else split.get(i)
-        if im.shape != first.shape:
-            raise ConfigError(f"{spec}: image {i} is {tuple(im.shape)}, image 0 {tuple(first.shape)}; the in-memory "
-                              f"trainer needs one image size (resize the data set first)")
-        out[i] = im
-    return out
+    return split.images_tensor(desc=f"decoding {spec}", mismatch=lambda i, got, first: ConfigError(
+        f"{spec}: image {i} is {got}, image 0 {first}; the in-memory trainer needs one image size (resize the data "
+        f"set first)"))
