@@ -33,6 +33,7 @@ from eval import distributed as D
 from eval.datasets import load_split
 from zoo.backbones import build_resnet
 from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
+from zoo.preprocess import resize_normalise
 
 from .augment import ViewAugment
 from .config import ConfigError
@@ -236,14 +237,10 @@ class Trainer:
         was = backbone.training
         backbone.eval()
         a = self.aug
-        mean = torch.tensor(a.mean).view(1, -1, 1, 1)
-        std = torch.tensor(a.std).view(1, -1, 1, 1)
         out = []
         for i in range(0, len(x), bs):
-            xb = x[i:i + bs].float() / 255
-            if xb.shape[-1] != a.size:
-                xb = torch.nn.functional.interpolate(xb, size=(a.size, a.size), mode="bilinear", antialias=True)
-            xb = ((xb - mean) / std).to(self.device, memory_format=torch.channels_last)
+            xb = resize_normalise(x[i:i + bs], a.size, a.mean, a.std)
+            xb = xb.to(self.device, memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["train"]["bf16"]):
                 out.append(backbone(xb).float().cpu())
         backbone.train(was)
