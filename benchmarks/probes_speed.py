@@ -47,6 +47,7 @@ def load_probes(path: str | None):
         return probes
     spec = importlib.util.spec_from_file_location("probes_under_test", path)
     mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "eval"  # a probes.py that imports its solver (``from .solver import ...``) finds eval/
     spec.loader.exec_module(mod)
     return mod
 

@@ -98,6 +98,39 @@ class ImageSplit:
             raise DatasetError(f"{self.name}/{self.split} is file-backed; iterate with .get(i)")
         return torch.from_numpy(self.images).permute(0, 3, 1, 2)
 
+    def images_tensor(self, desc: str | None = None, mismatch=None) -> torch.Tensor:
+        """All images as one uint8 ``[N, C, H, W]`` tensor, in-memory and file-backed splits alike.
+
+        In-memory splits: :meth:`as_tensor` (a view, no copy). File-backed splits: every image is
+        decoded (:meth:`get`) into one tensor, with a progress bar when ``desc`` is given; they must
+        all have image 0's size, otherwise the exception ``mismatch(i, shape_i, shape_0)`` returns is
+        raised (default: a :class:`DatasetError`)."""
+        if self.images is not None:
+            return self.as_tensor()
+        from tqdm.auto import tqdm
+
+        first = self.get(0)
+        out = torch.empty((len(self),) + tuple(first.shape), dtype=torch.uint8)
+        idx = range(len(self))
+        for i in (idx if desc is None else tqdm(idx, desc=desc, unit="img", leave=False)):
+            im = first if i == 0 else self.get(i)
+            if im.shape != first.shape:
+                if mismatch is None:
+                    raise DatasetError(f"{self.name}/{self.split}: image {i} is {tuple(im.shape)}, image 0 "
+                                       f"{tuple(first.shape)}; one tensor needs one image size (resize the data set "
+                                       f"first)")
+                raise mismatch(i, tuple(im.shape), tuple(first.shape))
+            out[i] = im
+        return out
+
+    def batch(self, start: int, stop: int, transform) -> torch.Tensor:
+        """Images ``start .. stop - 1`` through ``transform``, stacked: an in-memory split hands the
+        uint8 batch ``[B, C, H, W]`` to ``transform`` in one call, a file-backed split image by image
+        (``[C, H, W]`` each; their sizes may differ)."""
+        if self.images is not None:
+            return transform(self.as_tensor()[start:stop])
+        return torch.stack([transform(self.get(j)) for j in range(start, stop)])
+
     def fingerprint(self) -> str:
         """sha256 over the pixels (or file names + sizes) and labels: the cache key of the data."""
         if self._fingerprint is None:

@@ -200,10 +200,7 @@ def shard_batches(n: int, batch_size: int, world: int, rank: int) -> range:
 
 def _batch(split, preprocess, i: int, batch_size: int) -> torch.Tensor:
     n = len(split)
-    s, e = i * batch_size, min(n, (i + 1) * batch_size)
-    if split.images is not None:
-        return preprocess(split.as_tensor()[s:e])
-    return torch.stack([preprocess(split.get(j)) for j in range(s, e)])
+    return split.batch(i * batch_size, min(n, (i + 1) * batch_size), preprocess)
 
 
 def new_tmp_dir(dest: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ from zoo.base import home
 from zoo.io import WeightsError, atomic_save_safetensors
 
 from .datasets import ImageSplit
+
+logger = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 2  # 2: the features' sha256 is recorded in the file's metadata and checked on read
 
@@ -56,13 +58,8 @@ def _check_input(model, split: ImageSplit, preprocess) -> None:
 
 def _batches(split: ImageSplit, preprocess, batch_size: int):
     n = len(split)
-    if split.images is not None:
-        x = split.as_tensor()
-        for i in range(0, n, batch_size):
-            yield preprocess(x[i:i + batch_size])
-    else:
-        for i in range(0, n, batch_size):
-            yield torch.stack([preprocess(split.get(j)) for j in range(i, min(n, i + batch_size))])
+    for i in range(0, n, batch_size):
+        yield split.batch(i, min(n, i + batch_size), preprocess)
 
 
 @torch.no_grad()
@@ -108,17 +105,17 @@ def _tensor_sha256(t: torch.Tensor) -> str:
 def _read_cached(path: Path, n: int) -> torch.Tensor | None:
     """The cached features if the file is intact (readable, ``n`` rows, content sha256 equal to the
     one recorded when it was written); otherwise ``None`` after one warning line, and the caller
-    recomputes and overwrites the entry. A truncated file or a flipped byte is never used."""
+    recomputes and overwrites the entry. A truncated file or a flipped byte is never used. The warning
+    goes to the ``eval.features`` logger (no handler configured: Python prints it to stderr)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             recorded = (f.metadata() or {}).get("sha256")
             feats = f.get_tensor("features")
     except Exception as e:  # unreadable header / truncated data
-        print(f"warning: feature cache {path} is unreadable ({type(e).__name__}); recomputing", file=sys.stderr)
+        logger.warning("warning: feature cache %s is unreadable (%s); recomputing", path, type(e).__name__)
         return None
     if feats.shape[0] != n or recorded is None or _tensor_sha256(feats) != recorded:
-        print(f"warning: feature cache {path} does not match its recorded sha256 or size; recomputing",
-              file=sys.stderr)
+        logger.warning("warning: feature cache %s does not match its recorded sha256 or size; recomputing", path)
         return None
     return feats
 

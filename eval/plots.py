@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from zoo.io import atomic_write_bytes
+
+from .stats import is_missing
 
 __all__ = ["fewshot_points", "plot_fewshot"]
 
@@ -48,7 +49,7 @@ def fewshot_points(df: pd.DataFrame) -> dict:
             continue
         key = (rec["dataset"], rec["model"], str(rec["weights_sha256"]), _variant(rec.get("params")))
         std = rec["accuracy_std"]
-        std = 0.0 if std is None or (isinstance(std, float) and math.isnan(std)) else float(std)
+        std = 0.0 if is_missing(std) else float(std)
         lines.setdefault(key, []).append((k, float(rec["accuracy_mean"]), std))
     variants: dict = {}
     for ds, model, sha, var in lines:

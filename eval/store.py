@@ -35,6 +35,8 @@ from pathlib import Path
 
 from zoo.base import SSLZooError, home
 
+from .stats import mean_std
+
 __all__ = ["Result", "ResultStore", "StoreError", "aggregate", "canonical_json", "code_version", "default_path"]
 
 DB_NAME = "results.sqlite3"
@@ -384,14 +386,6 @@ def _legacy_results(row: dict) -> list[Result]:
 
 # ----------------------------------------------------------------------------- aggregation
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 def aggregate(results) -> list[dict]:
     """Per-seed results -> one row per (model, weights, dataset + fingerprint, protocol, parameters).
 
@@ -414,7 +408,7 @@ def aggregate(results) -> list[dict]:
         seeds = sorted(per_seed, key=lambda s: (s is None, s if s is not None else 0))
         chosen = [per_seed[s][0] for s in seeds]
         accs = [float(r.accuracy) for r in chosen]
-        mean, std = _mean_std(accs)
+        mean, std = mean_std(accs)
         rows.append({"model": model, "weights_sha256": sha, "dataset": dataset, "protocol": protocol,
                      "accuracy_mean": mean, "accuracy_std": std,
                      "seeds": "-" if seeds == [None] else ",".join(str(s) for s in seeds if s is not None),

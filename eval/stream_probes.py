@@ -4,7 +4,7 @@ chunk, not on the number of rows.
 * :func:`streaming_linear_probe` is the linear protocol of :func:`eval.probes.linear_probe` (same
   stratified fit/val split, same ``l2`` grid, same objectives and stopping rule, same refit) with
   the design matrix read from disk. It runs the plain stacked L-BFGS: the in-memory probe's
-  spectral preconditioner (:func:`eval.probes._fit_logreg_spectral`) needs a rotated copy of the
+  spectral preconditioner (:func:`eval.solver.fit_logreg_spectral`) needs a rotated copy of the
   features, which is what streaming avoids, so on disk the same minimisers take more passes. Here
   every objective evaluation is one pass over the store, its full-batch gradient accumulated block
   by block (the same row blocks the in-memory solver uses), and the standardisation statistics are
@@ -20,14 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .featstore import FeatureStore
-from .probes import (
-    DEFAULT_L2_GRID,
-    SELECT_MAX_ITER,
-    SELECT_TOL,
-    _fit_logreg_batch,
-    _stacked_predict,
-    stratified_split,
-)
+from .probes import DEFAULT_L2_GRID, SELECT_MAX_ITER, SELECT_TOL, stratified_split
+from .solver import fit_logreg_batch, stacked_predict
 
 __all__ = ["RowSource", "chunked_knn_probe", "streaming_linear_probe", "streaming_standardiser"]
 
@@ -36,7 +30,7 @@ DEFAULT_CHUNK_ROWS = 8192
 
 class RowSource:
     """Rows ``index`` of a store, standardised on the fly as ``(x - mean) / std``: what
-    :func:`eval.probes._fit_logreg_batch` reads block by block (``blocks(step)``)."""
+    :func:`eval.solver.fit_logreg_batch` reads block by block (``blocks(step)``)."""
 
     def __init__(self, store: FeatureStore, index: np.ndarray, mean: torch.Tensor, std: torch.Tensor):
         self.store, self.index, self.mean, self.std = store, np.asarray(index), mean, std
@@ -50,7 +44,7 @@ class RowSource:
 
 def streaming_standardiser(store: FeatureStore, index: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS):
     """Mean and std (population) of rows ``index`` in float64 over chunks (two passes), as
-    :func:`eval.probes._standardiser`: constant features (std <= 1e-6 * max std) get std 1."""
+    :func:`eval.probes.standardiser`: constant features (std <= 1e-6 * max std) get std 1."""
     d = store.dim
     total = torch.zeros(d, dtype=torch.float64)
     for _, x, _ in store.iter_rows(chunk_rows, index):
@@ -70,7 +64,7 @@ def _predict_stream(store, index, mean, std, W, b, chunk_rows) -> tuple[torch.Te
     correct = torch.zeros(W.shape[0], dtype=torch.int64)
     n = 0
     for _, x, y in store.iter_rows(chunk_rows, index):
-        pred = _stacked_predict((x - mean) / std, W, b)            # [n, P]
+        pred = stacked_predict((x - mean) / std, W, b)            # [n, P]
         correct += (pred == y.unsqueeze(1)).sum(0)
         n += len(y)
     return correct, n
@@ -104,7 +98,7 @@ def streaming_linear_probe(train: FeatureStore, test: FeatureStore, *, num_class
     del fit_pos, val_pos, y
 
     mean, std = streaming_standardiser(train, fit_idx, chunk_rows)
-    W, b = _fit_logreg_batch(RowSource(train, fit_idx, mean, std), None, C, grid, tol=SELECT_TOL,
+    W, b = fit_logreg_batch(RowSource(train, fit_idx, mean, std), None, C, grid, tol=SELECT_TOL,
                              max_iter=min(max_iter, SELECT_MAX_ITER))
     correct, n_val = _predict_stream(train, val_idx, mean, std, W, b, chunk_rows)
     accs = [int(c) / n_val for c in correct]
@@ -113,7 +107,7 @@ def streaming_linear_probe(train: FeatureStore, test: FeatureStore, *, num_class
     del fit_idx, val_idx
 
     mean, std = streaming_standardiser(train, labelled, chunk_rows)
-    W, b = _fit_logreg_batch(RowSource(train, labelled, mean, std), None, C, [l2], tol=1e-6, max_iter=max_iter)
+    W, b = fit_logreg_batch(RowSource(train, labelled, mean, std), None, C, [l2], tol=1e-6, max_iter=max_iter)
     correct, n_test = _predict_stream(test, None, mean, std, W, b, chunk_rows)  # first time test is read
     return {"accuracy": int(correct[0]) / n_test if n_test else float("nan"), "l2": l2, "val_accuracy": accs[best],
             "grid": grid, "n_train": int(labelled.size), "n_test": n_test, "val_accuracies": accs}

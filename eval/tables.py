@@ -18,8 +18,10 @@ from tabulate import tabulate
 
 from zoo.io import atomic_write_text
 
+from .stats import format_mean_std, is_missing
+
 __all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table", "reported_metric",
-           "attach_reported", "render_leaderboard"]
+           "attach_reported", "render_leaderboard", "protocol_matches"]
 
 #: Columns every row must provide, in display order.
 REQUIRED: tuple[str, ...] = ("model", "weights_sha256", "dataset", "protocol", "accuracy_mean", "accuracy_std",
@@ -41,10 +43,6 @@ def _seeds_str(seeds) -> str:
     if isinstance(seeds, (int, np.integer)):
         return str(int(seeds))
     return ",".join(str(int(s)) for s in seeds)
-
-
-def _is_missing(v) -> bool:
-    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and math.isnan(v))
 
 
 def _float_or_nan(v) -> float:
@@ -81,7 +79,7 @@ def make_table(rows: list[dict]) -> pd.DataFrame:
     clean.sort(key=lambda r: tuple(_natural_key(r[k]) for k in _SORT_KEYS))  # list.sort is stable
     df = pd.DataFrame(clean, columns=list(REQUIRED) + extras)
     for c in extras:  # integer parameters with gaps stay integers (nullable Int64), not 5.0
-        vals = [r[c] for r in clean if c in r and not _is_missing(r[c])]
+        vals = [r[c] for r in clean if c in r and not is_missing(r[c])]
         if vals and len(vals) < len(clean) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                                    for v in vals):
             df[c] = df[c].astype("Int64")
@@ -93,14 +91,8 @@ def make_table(rows: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _fmt_accuracy(mean: float, std: float) -> str:
-    if _is_missing(std):
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {std:.2f}"
-
-
 def _cell(v) -> str:
-    if _is_missing(v):
+    if is_missing(v):
         return ""
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.6g}"
@@ -113,9 +105,9 @@ def _render_md(df: pd.DataFrame) -> str:
     cols.insert(pos, "accuracy")
     body = []
     for rec in df.to_dict(orient="records"):
-        rec["accuracy"] = _fmt_accuracy(rec["accuracy_mean"], rec["accuracy_std"])
+        rec["accuracy"] = format_mean_std(rec["accuracy_mean"], rec["accuracy_std"])
         for c in cols:  # weights_sha256 and any other hash column (e.g. dataset_sha256)
-            if c.endswith("sha256") and not _is_missing(rec[c]):
+            if c.endswith("sha256") and not is_missing(rec[c]):
                 rec[c] = str(rec[c])[:12]
         body.append([rec["accuracy"] if c == "accuracy" else _cell(rec[c]) for c in cols])
     headers = ["sha256" if c == "weights_sha256" else c for c in cols]
@@ -136,7 +128,7 @@ def _json_default(v):
 
 
 def _nan_to_none(v):
-    return None if _is_missing(v) else v
+    return None if is_missing(v) else v
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
@@ -180,7 +172,7 @@ def render_summary(df: pd.DataFrame) -> str:
                                                             not str(p).startswith("knn"), _natural_key(p)))
     rows = []
     for (model, sha, dataset), g in df.groupby(["model", "weights_sha256", "dataset"], sort=False):
-        cells = {r["protocol"]: _fmt_accuracy(r["accuracy_mean"], r["accuracy_std"])
+        cells = {r["protocol"]: format_mean_std(r["accuracy_mean"], r["accuracy_std"])
                  for r in g.to_dict(orient="records")}
         rows.append([model, str(sha)[:12], dataset] + [cells.get(p, "") for p in protos])
     return tabulate(rows, headers=["model", "sha256", "dataset", *protos], tablefmt="github",
@@ -190,7 +182,7 @@ def render_summary(df: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- leaderboard
 
 
-def _protocol_matches(measured: str, reported: str) -> bool:
+def protocol_matches(measured: str, reported: str) -> bool:
     """``"linear"`` matches ``"linear (L2 chosen on ...)"``; ``"few-shot k=1"`` does not match
     ``"few-shot k=10 ..."``: the reported protocol is the measured label, optionally followed by a
     space or parenthesised details."""
@@ -207,7 +199,7 @@ def reported_metric(model: str, dataset: str, protocol: str):
     if rec is None:
         return None
     for m in rec.metrics:
-        if m.dataset == dataset and _protocol_matches(protocol, m.protocol):
+        if m.dataset == dataset and protocol_matches(protocol, m.protocol):
             return m
     return None
 
@@ -238,8 +230,8 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         if precision != "fp32":
             protocol += f" [{precision}]"
         body.append([rec["model"], str(rec["weights_sha256"])[:12], rec["dataset"], protocol,
-                     _fmt_accuracy(rec["accuracy_mean"], rec["accuracy_std"]), _cell(rec["seeds"]),
-                     "" if _is_missing(rep) else f"{float(rep):.2f}", _cell(rec.get("reported_protocol")),
+                     format_mean_std(rec["accuracy_mean"], rec["accuracy_std"]), _cell(rec["seeds"]),
+                     "" if is_missing(rep) else f"{float(rep):.2f}", _cell(rec.get("reported_protocol")),
                      _cell(rec.get("code_version"))])
     headers = ["model", "sha256", "dataset", "protocol", "accuracy (%)", "seeds", "reported (%)",
                "reported protocol", "code"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -316,6 +317,27 @@ def test_folder(tmp_path):
     save_png(tmp_path / "ds" / "val" / "cat" / "v.png", marked(70))
     v = load_split(f"folder:{tmp_path / 'ds'}", "val")
     assert v.targets.tolist() == [0, 1] and int(v.get(0)[1, 2, 2]) == 70
+
+
+
+def test_images_tensor_and_batch_same_for_in_memory_and_file_backed(tmp_path):
+    """ImageSplit.images_tensor / batch: one uint8 [N, C, H, W] (or transformed batch) whether the
+    split is in memory or decoded from files; file-backed images of another size are one error line."""
+    make_folder(tmp_path / "ds")
+    files = load_split(f"folder:{tmp_path / 'ds'}", "train")
+    ref = torch.stack([files.get(i) for i in range(len(files))])
+    mem = ImageSplit("m", "train", files.targets, files.classes, images=ref.permute(0, 2, 3, 1).numpy())
+    for s in (files, mem):
+        x = s.images_tensor()
+        assert x.dtype == torch.uint8 and torch.equal(x, ref)
+        assert torch.equal(s.batch(1, 3, lambda t: t.float() / 2), ref[1:3].float() / 2)
+    assert torch.equal(files.images_tensor(desc="decoding"), ref)
+    save_png(tmp_path / "ds" / "train" / "dog" / "y.png", marked(30)[:3])
+    odd = load_split(f"folder:{tmp_path / 'ds'}", "train")
+    with pytest.raises(DatasetError, match=r"image 3 is \(3, 3, 7\), image 0 \(3, 4, 7\)"):
+        odd.images_tensor()
+    with pytest.raises(KeyError, match="3"):
+        odd.images_tensor(mismatch=lambda i, got, first: KeyError(i))
 
 
 def test_folder_grayscale(tmp_path):

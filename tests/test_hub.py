@@ -98,6 +98,34 @@ def test_preprocess_converts_channels_and_sizes():
         pre(torch.zeros(2, 5, 12, 12, dtype=torch.uint8))
 
 
+
+def test_normalise_and_resize_normalise_equal_the_code_they_replaced():
+    """zoo.preprocess.normalise / resize_normalise are the one inference-time scaling + normalisation;
+    bit for bit what Preprocess, fine-tuning (_prepare) and the trainer's kNN monitor (embed) computed."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from zoo.preprocess import normalise, resize_normalise
+
+    g = torch.Generator().manual_seed(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for shape, size in [((5, 3, 32, 32), 32), ((5, 3, 28, 28), 32), ((4, 3, 20, 24), 16)]:
+        x8 = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        xf = torch.rand(shape, generator=g)
+        assert torch.equal(normalise(x8, mean, std), TF.normalize(x8.float() / 255.0, list(mean), list(std)))
+        for x in (x8, xf):   # finetune._prepare
+            ref = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+            if ref.shape[-1] != size or ref.shape[-2] != size:
+                ref = torch.nn.functional.interpolate(ref, size=(size, size), mode="bilinear", antialias=True,
+                                                      align_corners=False)
+            ref = (ref - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+            assert torch.equal(resize_normalise(x, size, mean, std), ref)
+        if shape[-1] == shape[-2]:  # Trainer.embed (uint8, square)
+            ref = x8.float() / 255
+            if ref.shape[-1] != size:
+                ref = torch.nn.functional.interpolate(ref, size=(size, size), mode="bilinear", antialias=True)
+            ref = (ref - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+            assert torch.equal(resize_normalise(x8, size, mean, std), ref)
+
 # ----------------------------------------------------------------------------- upstream: download, convert, cache
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

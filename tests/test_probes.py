@@ -1,4 +1,4 @@
-"""Tests for eval/probes.py on small synthetic data (kept cheap: 1 thread, a few hundred points)."""
+"""Tests for eval/probes.py and its solver eval/solver.py on small synthetic data (1 thread, a few hundred points)."""
 import math
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval import probes
+from eval import probes, solver
 from eval.probes import (
     DEFAULT_L2_GRID,
     LinearProbe,
@@ -125,7 +125,7 @@ def test_stacked_fit_equals_separate_fits():
     x, y = blobs(400, 10, 4, 0.6, seed=12)
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
     grid = [0.0, 1e-4, 1e-2, 1.0]
-    W, b = probes._fit_logreg_batch(X, Y, 4, grid, tol=1e-7, max_iter=2000)
+    W, b = solver.fit_logreg_batch(X, Y, 4, grid, tol=1e-7, max_iter=2000)
     assert W.shape == (4, 4, 10) and b.shape == (4, 4) and W.dtype == torch.float32
     for i, l2 in enumerate(grid):
         # Every block is a stationary point of its own objective ...
@@ -153,17 +153,17 @@ def test_spectral_fit_reaches_the_same_minimiser_in_fewer_evaluations(monkeypatc
     X, Y = correlated(600, 24, 4, seed=21)
     grid = [1e-4, 1e-2, 1.0]
     counts = {}
-    orig = probes._logreg_objective
+    orig = solver.logreg_objective
 
     def counting(*a, **k):
         counts[key] = counts.get(key, 0) + a[3].shape[0]   # problems evaluated
         return orig(*a, **k)
 
-    monkeypatch.setattr(probes, "_logreg_objective", counting)
+    monkeypatch.setattr(solver, "logreg_objective", counting)
     key = "plain"
-    Wp, bp = probes._fit_logreg_batch(X, Y, 4, grid, tol=1e-6, max_iter=5000)
+    Wp, bp = solver.fit_logreg_batch(X, Y, 4, grid, tol=1e-6, max_iter=5000)
     key = "spectral"
-    Ws, bs = probes._fit_logreg_spectral(X, Y, 4, grid, tol=1e-6, max_iter=5000)
+    Ws, bs = solver.fit_logreg_spectral(X, Y, 4, grid, tol=1e-6, max_iter=5000)
     for i, l2 in enumerate(grid):
         assert objective_grad(X, Y, Ws[i], bs[i], l2, torch.ones(600)) < 2e-6
         assert torch.allclose(Ws[i], Wp[i], atol=3e-3)
@@ -191,7 +191,7 @@ def test_stacked_fit_with_row_weights_and_feature_penalties():
     pen = torch.tensor([1e-3, 1e-1, 1.0, 0.0, 1e-2, 10.0])
     weight = torch.stack([mask.float(), soft, torch.ones(300)])
     penalty = torch.stack([torch.full((6,), 1e-2), torch.full((6,), 1e-2), pen])
-    W, b = probes._fit_logreg_batch(X, Y, 3, penalty, weight, tol=1e-7, max_iter=2000)
+    W, b = solver.fit_logreg_batch(X, Y, 3, penalty, weight, tol=1e-7, max_iter=2000)
     for i in range(3):
         assert objective_grad(X, Y, W[i], b[i], penalty[i], weight[i]) < 1e-5
     # A 0/1 weight is the same as fitting on the selected rows only.
@@ -208,7 +208,7 @@ def test_stacked_fit_matches_sklearn_with_sample_weights(C):
     # sklearn: C * sum_i w_i loss_i + 0.5 ||W||^2 == C * sum(w) * (our objective with l2 = 1 / (C * sum(w))).
     l2s = [1.0 / (C * w.sum()), 1.0 / (C * 500)]
     weight = torch.from_numpy(np.stack([w, np.ones(500)]).astype(np.float32))
-    W, b = probes._fit_logreg_batch(torch.from_numpy(x), torch.from_numpy(y), 4, l2s, weight, tol=1e-7,
+    W, b = solver.fit_logreg_batch(torch.from_numpy(x), torch.from_numpy(y), 4, l2s, weight, tol=1e-7,
                                     max_iter=2000)
     for i, sw in enumerate([w, None]):
         sk = sklearn.LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(x, y, sample_weight=sw)
@@ -219,19 +219,19 @@ def test_stacked_fit_matches_sklearn_with_sample_weights(C):
 def test_stacked_fit_drops_converged_problems(monkeypatch):
     x, y = blobs(200, 30, 4, 0.3, seed=15)  # separable: the weakly regularised fit needs many iterations
     sizes = []
-    orig = probes._logreg_objective
+    orig = solver.logreg_objective
 
     def spy(X, y, onehot, W, *args):
         sizes.append(W.shape[0])
         return orig(X, y, onehot, W, *args)
 
-    monkeypatch.setattr(probes, "_logreg_objective", spy)
-    probes._fit_logreg_batch(torch.from_numpy(x), torch.from_numpy(y), 4, [1e-6, 10.0], tol=1e-6, max_iter=500)
+    monkeypatch.setattr(solver, "logreg_objective", spy)
+    solver.fit_logreg_batch(torch.from_numpy(x), torch.from_numpy(y), 4, [1e-6, 10.0], tol=1e-6, max_iter=500)
     # The strongly regularised problem converges long before the weak one and leaves the batch.
     assert sizes[0] == 2 and sizes[-1] == 1 and sizes.count(2) < sizes.count(1)
     sizes.clear()
-    probes._fit_logreg_batch(torch.from_numpy(x), torch.from_numpy(y), 4, [1e-6, 10.0], tol=1e-6, max_iter=5)
-    assert len(sizes) <= 1 + 5 * probes._MAX_LINE_SEARCH  # max_iter caps the iterations
+    solver.fit_logreg_batch(torch.from_numpy(x), torch.from_numpy(y), 4, [1e-6, 10.0], tol=1e-6, max_iter=5)
+    assert len(sizes) <= 1 + 5 * solver.MAX_LINE_SEARCH  # max_iter caps the iterations
 
 
 def test_cv_fold_models_are_the_per_fold_linear_probes():
@@ -239,9 +239,9 @@ def test_cv_fold_models_are_the_per_fold_linear_probes():
     x, y = blobs(60, 12, 4, 0.8, seed=16)
     x = x * np.random.default_rng(2).uniform(0.1, 10.0, 12).astype(np.float32) + 3.0
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
-    fold = torch.from_numpy(probes._cv_folds(y, 5, seed=0))
+    fold = torch.from_numpy(probes.cv_folds(y, 5, seed=0))
     grid = [1e-3, 1e-1, 10.0]
-    pred = probes._cv_fold_predictions(X, Y, 4, grid, fold, tol=1e-7, max_iter=2000)
+    pred = probes.cv_fold_predictions(X, Y, 4, grid, fold, tol=1e-7, max_iter=2000)
     assert pred.shape == (60, 5, 3)
     for f in range(5):
         tr = fold != f
@@ -254,19 +254,19 @@ def test_cv_selection_is_the_mean_held_out_accuracy_argmax(monkeypatch):
     x, y = blobs(900, 16, 4, 0.45, seed=10)
     grid = list(DEFAULT_L2_GRID)
     preds = []
-    orig = probes._cv_fold_predictions
+    orig = probes.cv_fold_predictions
 
     def spy(*args, **kw):
         preds.append(orig(*args, **kw))
         return preds[-1]
 
-    monkeypatch.setattr(probes, "_cv_fold_predictions", spy)
+    monkeypatch.setattr(probes, "cv_fold_predictions", spy)
     for k, seed in [(2, 0), (3, 0), (5, 1), (10, 2)]:
-        idx = probes._draw_support(y, np.arange(4), k, seed)
+        idx = probes.draw_support(y, np.arange(4), k, seed)
         X, Y = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
         n_folds = min(k, 5)
-        best = probes._cv_select_l2(X, Y, 4, grid, n_folds, seed, 500)
-        fold = probes._cv_folds(y[idx], n_folds, seed)
+        best = probes.cv_select_l2(X, Y, 4, grid, n_folds, seed, 500)
+        fold = probes.cv_folds(y[idx], n_folds, seed)
         pred = preds[-1].numpy()
         acc = np.mean([(pred[fold == f, f, :] == y[idx][fold == f, None]).mean(0) for f in range(n_folds)], 0)
         assert best == max(range(len(grid)), key=lambda i: (round(acc[i], 9), grid[i]))  # ties -> larger l2
@@ -338,7 +338,7 @@ def test_fewshot_selection_matches_a_float64_reference_solver(d, C, k, seed):
     x = (centres[y] + rng.normal(size=(y.size, d)) * rng.uniform(0.2, 3.0, d)).astype(np.float32)
     grid = list(DEFAULT_L2_GRID)
     n_folds = min(k, 5)
-    fold = probes._cv_folds(y, n_folds, seed)
+    fold = probes.cv_folds(y, n_folds, seed)
     ref = np.zeros(len(grid))
     for f in range(n_folds):
         tr = fold != f
@@ -347,7 +347,7 @@ def test_fewshot_selection_matches_a_float64_reference_solver(d, C, k, seed):
             W, b = float64_logreg(ztr, y[tr], C, l2)
             ref[i] += ((zva @ W.T + b).argmax(1) == y[~tr]).mean() / n_folds
     expected = max(range(len(grid)), key=lambda i: (round(ref[i], 9), grid[i]))
-    got = probes._cv_select_l2(torch.from_numpy(x), torch.from_numpy(y), C, grid, n_folds, seed, 500)
+    got = probes.cv_select_l2(torch.from_numpy(x), torch.from_numpy(y), C, grid, n_folds, seed, 500)
     assert grid[got] == grid[expected]
 
 
@@ -359,7 +359,7 @@ def test_objective_is_accurate_for_confident_predictions():
     W = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(0)) * 5
     b = torch.zeros(1, 4)
     onehot = torch.nn.functional.one_hot(Y, 4).float().t().contiguous()
-    loss, gW, _ = probes._logreg_objective(X, Y, onehot, W, b, torch.zeros(1, 16), None)
+    loss, gW, _ = solver.logreg_objective(X, Y, onehot, W, b, torch.zeros(1, 16), None)
     Z = (X.double() @ W[0].double().T)
     ref = (torch.logsumexp(Z, 1) - Z.gather(1, Y[:, None]).squeeze(1)).mean()
     assert abs(float(loss[0]) - float(ref)) <= 1e-6 * float(ref) + 1e-12
@@ -428,7 +428,7 @@ def test_test_data_never_used_for_selection(monkeypatch):
         events.append(("score", "test" if X.data_ptr() == xte.data_ptr() else "val", self.l2))
         return orig_score(self, X, Y)
 
-    orig_select = probes._select_l2
+    orig_select = probes.select_l2
 
     def spy_select(fit_x, fit_y, val_x, val_y, *args, **kwargs):
         # The stacked grid walk sees the fit/val parts of train and nothing else.
@@ -439,7 +439,7 @@ def test_test_data_never_used_for_selection(monkeypatch):
 
     monkeypatch.setattr(LinearProbe, "fit", spy_fit)
     monkeypatch.setattr(LinearProbe, "score", spy_score)
-    monkeypatch.setattr(probes, "_select_l2", spy_select)
+    monkeypatch.setattr(probes, "select_l2", spy_select)
     res = linear_probe(xtr, ytr, xte, yte, l2_grid=grid)
     # Test features are scored exactly once, last, by a model refitted on all 300 train points.
     assert [e for e in events if e[1] == "test"] == [events[-1]]
@@ -521,8 +521,8 @@ def record(monkeypatch):
     """Spy on the support draws, on every LinearProbe fit made by fewshot_probe, on the inputs of the
     cross-validation and on every stacked solve (its design matrix size and per-problem row weights)."""
     draws, fits, cv, stacked = [], [], [], []
-    orig_draw, orig_fit = probes._draw_support, LinearProbe.fit
-    orig_cv, orig_batch = probes._cv_select_l2, probes._fit_logreg_batch
+    orig_draw, orig_fit = probes.draw_support, LinearProbe.fit
+    orig_cv, orig_batch = probes.cv_select_l2, probes.fit_logreg_batch
 
     def spy_cv(x, y, *args):
         cv.append((x.clone(), y.clone()))
@@ -541,10 +541,10 @@ def record(monkeypatch):
         fits.append((X.clone(), Y.clone(), self.l2))
         return orig_fit(self, X, Y, init=init)
 
-    monkeypatch.setattr(probes, "_draw_support", spy_draw)
+    monkeypatch.setattr(probes, "draw_support", spy_draw)
     monkeypatch.setattr(LinearProbe, "fit", spy_fit)
-    monkeypatch.setattr(probes, "_cv_select_l2", spy_cv)
-    monkeypatch.setattr(probes, "_fit_logreg_batch", spy_batch)
+    monkeypatch.setattr(probes, "cv_select_l2", spy_cv)
+    monkeypatch.setattr(probes, "fit_logreg_batch", spy_batch)
     return draws, fits, cv, stacked
 
 
@@ -581,12 +581,12 @@ def test_fewshot_draws_exactly_k_per_class_from_train(monkeypatch, fewshot_data)
 def test_fewshot_cv_folds_are_stratified(k):
     n_folds = min(k, 5)
     y = np.repeat(np.arange(4), k)
-    fold = probes._cv_folds(y, n_folds, seed=0)
+    fold = probes.cv_folds(y, n_folds, seed=0)
     assert set(fold.tolist()) == set(range(n_folds))
     for c in range(4):  # every class spread evenly over the folds
         counts = np.bincount(fold[y == c], minlength=n_folds)
         assert counts.max() - counts.min() <= 1
-    assert np.array_equal(fold, probes._cv_folds(y, n_folds, seed=0))
+    assert np.array_equal(fold, probes.cv_folds(y, n_folds, seed=0))
 
 
 def test_fewshot_one_shot_uses_fixed_l2(fewshot_data):
@@ -606,7 +606,7 @@ def test_fewshot_seeds_are_reproducible_and_distinct(monkeypatch, fewshot_data):
     assert all(np.array_equal(da[2], db[2]) for da, db in zip(draws_a, draws_b))
     assert [r["per_seed"] for r in a] == [r["per_seed"] for r in b]
     # The draw depends only on the seed (not on the order of calls).
-    alone = probes._draw_support(fewshot_data[1], np.arange(4), 2, 1)
+    alone = probes.draw_support(fewshot_data[1], np.arange(4), 2, 1)
     assert np.array_equal(alone, draws_a[4][2])
     # Different seeds -> different supports and different accuracies.
     for k in (1, 2):

@@ -337,7 +337,7 @@ def test_leaderboard_empty_and_bad_plot(tmp_path, capsys):
     assert not (tmp_path / "p.png").exists()
 
 
-def test_feature_cache_with_a_flipped_byte_is_recomputed_not_used(tmp_path, capsys):
+def test_feature_cache_with_a_flipped_byte_is_recomputed_not_used(tmp_path, caplog):
     """A cached feature file whose content no longer matches its recorded sha256 is never used."""
     import numpy as np
     import torch
@@ -357,8 +357,11 @@ def test_feature_cache_with_a_flipped_byte_is_recomputed_not_used(tmp_path, caps
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0x40                                   # flip one bit inside the feature data
     path.write_bytes(bytes(raw))
-    again, _ = extract(model, split, preprocess=pre)
+    with caplog.at_level("WARNING", logger="eval.features"):
+        again, _ = extract(model, split, preprocess=pre)
     assert torch.equal(again, ref)
-    assert "does not match its recorded sha256" in capsys.readouterr().err
+    assert [(r.name, r.levelname) for r in caplog.records] == [("eval.features", "WARNING")]
+    assert "does not match its recorded sha256" in caplog.records[0].getMessage()
+    caplog.clear()
     third, _ = extract(model, split, preprocess=pre)  # the entry was rewritten intact
-    assert torch.equal(third, ref) and "recomputing" not in capsys.readouterr().err
+    assert torch.equal(third, ref) and "recomputing" not in caplog.text

@@ -168,14 +168,14 @@ def test_render_summary_one_row_per_model_one_column_per_protocol():
 
 
 def test_reported_protocol_matching():
-    from eval.tables import _protocol_matches
+    from eval.tables import protocol_matches
 
-    assert _protocol_matches("linear", "linear (L2 chosen on a 10% val split of train, refit)")
-    assert _protocol_matches("knn k=20 T=0.07", "knn k=20 T=0.07")
-    assert _protocol_matches("few-shot k=10", "few-shot k=10 (mean of seeds 0,1,2)")
-    assert not _protocol_matches("few-shot k=1", "few-shot k=10 (mean of seeds 0,1,2)")
-    assert not _protocol_matches("knn k=20 T=0.07", "knn k=200 T=0.1")
-    assert not _protocol_matches("linear", "linear-ish")
+    assert protocol_matches("linear", "linear (L2 chosen on a 10% val split of train, refit)")
+    assert protocol_matches("knn k=20 T=0.07", "knn k=20 T=0.07")
+    assert protocol_matches("few-shot k=10", "few-shot k=10 (mean of seeds 0,1,2)")
+    assert not protocol_matches("few-shot k=1", "few-shot k=10 (mean of seeds 0,1,2)")
+    assert not protocol_matches("knn k=20 T=0.07", "knn k=200 T=0.1")
+    assert not protocol_matches("linear", "linear-ish")
 
 
 def test_attach_reported_uses_the_registry_metrics():

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eval.protocols import TrainedProtocol, register_protocol
+from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
 from .optim import param_groups, warmup_cosine
@@ -47,21 +48,12 @@ def stratified_subset(y, fraction: float, seed: int, min_per_class: int = 1) -> 
     return np.sort(np.concatenate(out))
 
 
-def _prepare(x: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 @torch.no_grad()
 def _accuracy(model: nn.Module, x, y, size, mean, std, device, bf16, bs=512) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), bs):
-        xb = _prepare(x[i:i + bs].to(device), size, mean, std)
+        xb = resize_normalise(x[i:i + bs].to(device), size, mean, std)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = model(xb).float().argmax(1)
         correct += int((pred.cpu() == y[i:i + bs]).sum())

@@ -35,6 +35,7 @@ from eval.datasets import load_split
 from zoo.backbones import build_resnet
 from zoo.base import SSLZooError
 from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
+from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
 from .config import ConfigError
@@ -239,14 +240,10 @@ class Trainer:
         was = backbone.training
         backbone.eval()
         a = self.aug
-        mean = torch.tensor(a.mean).view(1, -1, 1, 1)
-        std = torch.tensor(a.std).view(1, -1, 1, 1)
         out = []
         for i in range(0, len(x), bs):
-            xb = x[i:i + bs].float() / 255
-            if xb.shape[-1] != a.size:
-                xb = torch.nn.functional.interpolate(xb, size=(a.size, a.size), mode="bilinear", antialias=True)
-            xb = ((xb - mean) / std).to(self.device, memory_format=torch.channels_last)
+            xb = resize_normalise(x[i:i + bs], a.size, a.mean, a.std)
+            xb = xb.to(self.device, memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["train"]["bf16"]):
                 out.append(backbone(xb).float().cpu())
         backbone.train(was)
@@ -499,14 +496,6 @@ class Trainer:
 def _split_tensor(split, spec: str) -> torch.Tensor:
     """All images of a split as uint8 ``[N, C, H, W]``; file-backed splits (tinyimagenet, folders)
     are decoded into memory, which needs one image size."""
-    if split.images is not None:
-        return split.as_tensor()
-    first = split.get(0)
-    out = torch.empty((len(split),) + tuple(first.shape), dtype=torch.uint8)
-    for i in tqdm(range(len(split)), desc=f"decoding {spec}", unit="img", leave=False):
-        im = first if i == 0 else split.get(i)
-        if im.shape != first.shape:
-            raise ConfigError(f"{spec}: image {i} is {tuple(im.shape)}, image 0 {tuple(first.shape)}; the in-memory "
-                              f"trainer needs one image size (resize the data set first)")
-        out[i] = im
-    return out
+    return split.images_tensor(desc=f"decoding {spec}", mismatch=lambda i, got, first: ConfigError(
+        f"{spec}: image {i} is {got}, image 0 {first}; the in-memory trainer needs one image size (resize the data "
+        f"set first)"))

@@ -2,17 +2,42 @@
 
 Works on a PIL image, a uint8 tensor ``[C, H, W]`` or a same-sized uint8 batch ``[B, C, H, W]``
 (the batched path is what feature extraction uses for in-memory datasets).
+
+:func:`normalise` (uint8 -> [0, 1] float, then per-channel ``(x - mean) / std``) and
+:func:`resize_normalise` (that after a square bilinear resize, for models whose training fixed the
+input size: fine-tuning, the trainer's kNN monitor) are the one implementation of inference-time
+scaling and normalisation; :class:`Preprocess` uses :func:`normalise` after its resize + centre crop.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocess", "normalise", "resize_normalise"]
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Images ``[..., C, H, W]`` -> float32 ``(x - mean) / std`` per channel; uint8 is first scaled to
+    ``[0, 1]`` (``/ 255``), float input is taken to be in ``[0, 1]`` already."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return TF.normalize(x, list(mean), list(std))
+
+
+def resize_normalise(x: torch.Tensor, size: int, mean, std) -> torch.Tensor:
+    """A batch ``[B, C, H, W]`` (uint8 or float in ``[0, 1]``) -> float32 ``[B, C, size, size]``:
+    scaled to ``[0, 1]``, resized bilinearly (antialiased) to ``size x size`` unless it already is,
+    then normalised (:func:`normalise`)."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return normalise(x, mean, std)
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,4 @@ class Preprocess:
 
     def __call__(self, img) -> torch.Tensor:
         """PIL image / uint8 ``[C,H,W]`` / uint8 ``[B,C,H,W]`` -> float32 normalised tensor."""
-        x = self.geometry(img)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        return TF.normalize(x, list(self.mean), list(self.std))
+        return normalise(self.geometry(img), self.mean, self.std)

@@ -61,9 +61,7 @@ def images_of(dataset) -> torch.Tensor:
     from eval.datasets import ImageSplit
 
     if isinstance(dataset, ImageSplit):
-        if dataset.images is not None:
-            return dataset.as_tensor()
-        return torch.stack([dataset.get(i) for i in range(len(dataset))])
+        return dataset.images_tensor()
     if isinstance(dataset, torch.Tensor):
         x = dataset
     else:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval import stats
 from eval.features import extract
 from eval.probes import knn_probe, linear_probe
 from zoo.hub import create_model
@@ -98,16 +99,11 @@ def train_and_probe(out_dir: Path, overrides: list, probe_data, *, probe_train: 
 
 
 def mean_std(values) -> tuple[float, float]:
-    v = [float(x) for x in values]
-    if not v:
-        return math.nan, math.nan
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else math.nan)
+    return stats.mean_std([float(x) for x in values], missing=math.nan)
 
 
 def fmt(m: float, s: float) -> str:
-    if math.isnan(m):
-        return "–"
-    return f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
+    return stats.format_mean_std(m, s, missing="–")
 
 
 def write_outputs(out: Path, stem: str, table_md: str, rows: list) -> None:

@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
+from eval.stats import format_mean_std, is_missing, mean_std
 from zoo.base import SSLZooError, atomic_write_bytes, atomic_write_text, one_line
 from zoo.cli import show_library_logs
 
@@ -182,18 +182,11 @@ def evaluate_run(run: Run, dataset: str, root, store, batch_size: int, reevaluat
 # ----------------------------------------------------------------------------- table + plot
 
 def _mean_std(vals):
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None
-    m = math.fsum(vals) / len(vals)
-    sd = math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return m, sd
+    return mean_std([v for v in vals if not is_missing(v)])
 
 
 def _fmt(m, sd):
-    if m is None:
-        return "-"
-    return f"{m:.2f}" if sd is None else f"{m:.2f} ± {sd:.2f}"
+    return format_mean_std(m, sd, missing="-")
 
 
 def summarise(runs, records, accs) -> list:

@@ -1,0 +1,325 @@
+"""The stacked, vectorised L-BFGS solver behind every logistic regression of :mod:`eval.probes` and
+:mod:`eval.stream_probes`.
+
+:func:`fit_logreg_batch` fits many independent multinomial logistic regressions on one design
+matrix at once (each with its own L-BFGS state, line search and stopping test): the candidates of a
+selection -- every ``l2`` of a grid, every (fold, ``l2``) pair of a cross-validation -- are solved as
+one stacked problem, one ``[P*C, D] x [D, N]`` product per objective evaluation instead of ``P`` thin
+ones. :func:`fit_logreg_spectral` is the same solve in the eigenbasis of the features' covariance with
+a diagonal preconditioner (same objectives, minimisers and stopping rule, several times fewer
+iterations on real features). :func:`logreg_objective` is the shared objective and gradient,
+:func:`stacked_predict` the predictions of a stack of models.
+
+Inputs are plain tensors (float32 features ``[N, D]``, int64 labels ``[N]``) or, for the design
+matrix, a row source with ``blocks(step)`` (:class:`eval.stream_probes.RowSource`) read block by
+block from disk. No standardisation and no input checking happen here: :mod:`eval.probes` does both
+(:func:`eval.probes.fit_logreg` is the checked single-problem entry point).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "APPROX_EPS",
+    "ARMIJO_C1",
+    "LBFGS_HISTORY",
+    "MAX_LINE_SEARCH",
+    "ROW_CHUNK_BYTES",
+    "TOL_CHANGE",
+    "fit_logreg_batch",
+    "fit_logreg_spectral",
+    "logreg_objective",
+    "precond_kappa",
+    "stacked_predict",
+]
+
+#: L-BFGS memory (correction pairs kept per problem); 10 is the scipy / scikit-learn default.
+LBFGS_HISTORY = 10
+
+#: Sufficient-decrease constant of the backtracking (Armijo) line search.
+ARMIJO_C1 = 1e-4
+#: Relative loss increase tolerated by the approximate Wolfe test (Hager & Zhang).
+APPROX_EPS = 1e-6
+#: Most trial steps per line search.
+MAX_LINE_SEARCH = 25
+#: Stop when no coordinate moves by more than this (below float32 resolution of the weights).
+TOL_CHANGE = 1e-10
+#: Rows of ``X`` per block in the objective: ~4 MiB, so a block is read from RAM once.
+ROW_CHUNK_BYTES = 4 << 20
+
+
+def logreg_objective(X, y, onehot_t, W, b, penalty, weight):
+    """Objectives and gradients of ``A`` independent multinomial logistic regressions on shared ``X``.
+
+    ``X [N, D]``, ``y [N]``, ``onehot_t [C, N]`` (one-hot labels, transposed), ``W [A, C, D]``,
+    ``b [A, C]``, ``penalty [A, D]`` (per problem and feature l2 strength), ``weight [A, N]`` (each
+    row sums to 1) or ``None`` (uniform ``1/N``). Problem ``a`` is ``sum_i weight[a, i] * CE_i + 1/2 *
+    sum_{c,d} penalty[a, d] * W[a, c, d]^2``. Returns ``loss [A]`` (float64), ``gW [A, C, D]``,
+    ``gb [A, C]``.
+
+    Logits are computed as ``W X^T`` (``[A*C, rows]``, faster than ``X W^T`` for few classes) block
+    by block over the rows, so each block of ``X`` serves the forward and the backward product while
+    it is still in cache. Cross-entropy and gradient are computed from the logit differences to the
+    true class, which keeps their relative precision for confidently classified points (separable
+    data, weak regularisation: losses of 1e-6 and below), where ``lse - z_y`` would cancel in float32.
+    """
+    A, C, D = W.shape
+    N = X.shape[0]
+    Wm, bm = W.reshape(A * C, D), b.reshape(A * C, 1)
+    gW = torch.zeros(A * C, D, device=X.device)
+    gb = torch.zeros(A * C, device=X.device)
+    loss = torch.zeros(A, dtype=torch.float64, device=X.device)
+    step = max(256, ROW_CHUNK_BYTES // (4 * max(D, 1)))
+    if hasattr(X, "blocks"):  # a row source on disk (eval.stream_probes.RowSource): read block by block
+        blocks = X.blocks(step)
+    else:
+        blocks = ((s, X[s:s + step], y[s:s + step]) for s in range(0, N, step))
+    for s, Xc, yc in blocks:
+        n = Xc.shape[0]
+        Z = torch.addmm(bm, Wm, Xc.t()).view(A, C, n)
+        # Cross-entropy and its gradient without cancellation: with d_c = z_c - z_y, CE = softplus(
+        # logsumexp_{c != y} d_c) and softmax_c = exp(d_c - CE) for c != y, softmax_y - 1 = -sum of
+        # those. The textbook lse - z_y (and softmax_y - 1) lose all digits in float32 once a point
+        # is classified with a margin, which stalls the weakly regularised fits on separable data.
+        oh = (onehot_t[:, s:s + n] if onehot_t is not None
+              else F.one_hot(yc, C).to(torch.float32).t()).unsqueeze(0)         # [1, C, n]
+        Z.sub_(Z.gather(1, yc.view(1, 1, n).expand(A, 1, n)))                  # d = z - z_y
+        Z.masked_fill_(oh.bool(), float("-inf"))
+        ce = F.softplus(torch.logsumexp(Z, dim=1))                               # [A, n]
+        G = Z.sub_(ce.unsqueeze(1)).exp_()                                       # softmax, 0 at y
+        G.sub_(oh * G.sum(1, keepdim=True))                                      # softmax - onehot
+        if weight is None:
+            loss += ce.sum(1, dtype=torch.float64) / N
+            G.mul_(1.0 / N)
+        else:
+            wc = weight[:, s:s + step]
+            loss += (ce.double() * wc.double()).sum(1)
+            G.mul_(wc.unsqueeze(1))
+        G = G.view(A * C, n)
+        gW.addmm_(G, Xc)
+        gb += G.sum(1)
+    gW = gW.view(A, C, D)
+    reg = W * penalty.unsqueeze(1)
+    gW.add_(reg)
+    loss += 0.5 * (W * reg).sum((1, 2)).double()
+    return loss, gW, gb.view(A, C)
+
+
+@torch.no_grad()
+def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float, max_iter: int,
+                      init=None, history: int = LBFGS_HISTORY, precond=None,
+                      rotation=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit ``P`` independent multinomial logistic regressions that share the design matrix ``X``.
+
+    ``X [N, D]`` (float32), ``y [N]`` (int64), ``penalty [P]`` (an ``l2`` per problem) or ``[P, D]``
+    (an ``l2`` per problem and feature), ``weight [P, N]`` (non-negative, normalised here to sum to 1
+    per problem; e.g. a 0/1 mask of the rows problem ``p`` is fitted on) or ``None`` (all rows,
+    uniform). Problem ``p`` minimises ``sum_i w_pi CE(softmax(W_p x_i + b_p), y_i) + 1/2 sum_cd
+    penalty_pd W_pcd^2`` (with uniform weights: mean cross-entropy + l2/2 ||W_p||^2 as in
+    :func:`eval.probes.fit_logreg`).
+
+    Every problem runs its own L-BFGS (own correction pairs and scaling, own backtracking line search
+    -- Armijo, or Hager & Zhang's approximate-Wolfe form of it once loss differences fall below
+    float32 resolution -- own convergence test), so the iterates are those of ``P`` separate runs;
+    they are merely vectorised: one ``[P*C, D] x [D, N]`` product per evaluation instead of ``P``
+    thin ones, and problems that have converged are dropped from the batch. A problem stops when its
+    max-abs gradient is ``<= tol``, when its step moves no weight by more than 1e-10, when its line
+    search finds no decrease (float32 resolution), or after ``max_iter`` iterations (no stop on a
+    small loss change: see :func:`logreg_objective` on tiny losses). ``init`` is an optional ``(W [P, C, D], b [P, C])`` warm start. Returns
+    ``W [P, C, D]`` and ``b [P, C]``.
+
+    ``precond`` (``[P, C*D + C]``, positive) is a diagonal initial inverse Hessian per problem: the
+    two-loop recursion starts from ``gamma * diag(precond)`` instead of ``gamma * I`` (preconditioned
+    L-BFGS; ``gamma = s'y / y'My``). ``rotation`` (``[D, D]`` orthogonal ``U``) says that ``X`` holds
+    rotated features ``X0 U``: the gradient test is then made on the weights in the original
+    coordinates (``gW U'``), so the stopping rule is the unrotated problem's. See
+    :func:`fit_logreg_spectral`.
+    """
+    N, D = X.shape
+    C = int(num_classes)
+    dev = X.device
+    penalty = torch.as_tensor(penalty, dtype=torch.float32, device=dev)
+    if penalty.ndim == 1:
+        penalty = penalty.unsqueeze(1).expand(-1, D)
+    P = penalty.shape[0]
+    if penalty.shape != (P, D):
+        raise ValueError(f"penalty must be [P] or [P, {D}], got {tuple(penalty.shape)}")
+    if bool((penalty < 0).any()):
+        raise ValueError("l2 must be >= 0")
+    if weight is not None:
+        weight = torch.as_tensor(weight, dtype=torch.float32, device=dev)
+        if weight.shape != (P, N):
+            raise ValueError(f"weight must be [{P}, {N}], got {tuple(weight.shape)}")
+        weight = weight / weight.sum(1, keepdim=True)
+    if hasattr(X, "blocks"):  # a row source streams its labels with its rows
+        onehot_t = None
+    else:
+        onehot_t = F.one_hot(y, C).to(torch.float32).t().contiguous() if N else torch.zeros(C, 0, device=dev)
+    nW = C * D
+    n = nW + C
+    theta = torch.zeros(P, n, device=dev)
+    if init is not None:
+        theta[:, :nW] = init[0].reshape(P, nW)
+        theta[:, nW:] = init[1].reshape(P, C)
+    out = theta.clone()
+
+    ids = torch.arange(P, device=dev)          # problems still running (rows of the state below)
+    pen, wgt = penalty, weight
+
+    def evaluate(th, pen_, wgt_):
+        loss, gW, gb = logreg_objective(X, y, onehot_t, th[:, :nW].view(-1, C, D), th[:, nW:], pen_, wgt_)
+        return loss, torch.cat([gW.reshape(-1, nW), gb], 1)
+
+    M = None
+    if precond is not None:
+        M = torch.as_tensor(precond, dtype=torch.float32, device=dev)
+        if M.shape != (P, n) or not bool((M > 0).all()):
+            raise ValueError(f"precond must be positive and [{P}, {n}], got {tuple(M.shape)}")
+
+    def gmax(g_):  # max-abs gradient, in the original coordinates when X is rotated
+        if rotation is None:
+            return g_.abs().amax(1)
+        gw = g_[:, :nW].reshape(-1, D) @ rotation.t()
+        return torch.maximum(gw.abs().view(g_.shape[0], -1).amax(1), g_[:, nW:].abs().amax(1))
+
+    f, g = evaluate(theta, pen, wgt)
+    S = torch.zeros(history, P, n, device=dev)   # correction pairs, ring buffer; rho = 0 marks unused
+    Y = torch.zeros(history, P, n, device=dev)
+    rho = torch.zeros(history, P, device=dev)
+    gamma = torch.ones(P, device=dev)
+    vdot = torch.linalg.vecdot
+    done = gmax(g) <= tol
+    for it in range(max_iter):
+        if bool(done.any()):                    # write back finished problems, shrink the batch
+            out[ids[done]] = theta[done]
+            keep = ~done
+            ids, theta, f, g, S, Y, rho, gamma = (ids[keep], theta[keep], f[keep], g[keep], S[:, keep],
+                                                  Y[:, keep], rho[:, keep], gamma[keep])
+            pen = pen[keep]
+            wgt = wgt[keep] if wgt is not None else None
+            M = M[keep] if M is not None else None
+        A = ids.numel()
+        if A == 0:
+            break
+        # Two-loop recursion: d = -H g for every problem at once (rho = 0 entries are no-ops).
+        d = g.neg()
+        slots = [(it - 1 - j) % history for j in range(min(it, history))]  # newest first
+        alpha = []
+        for s in slots:
+            a = rho[s] * vdot(S[s], d)
+            d.addcmul_(a.unsqueeze(1), Y[s], value=-1.0)
+            alpha.append(a)
+        d.mul_(gamma.unsqueeze(1) if M is None else gamma.unsqueeze(1) * M)
+        for s, a in zip(reversed(slots), reversed(alpha)):
+            d.addcmul_((a - rho[s] * vdot(Y[s], d)).unsqueeze(1), S[s])
+        gtd = vdot(g, d)
+        bad = ~(gtd < 0)                        # not a descent direction (should not happen): steepest descent
+        if bool(bad.any()):
+            d[bad] = -g[bad]
+            gtd = vdot(g, d)
+            rho[:, bad] = 0.0
+        if it == 0:   # unscaled first step, as torch's LBFGS
+            t = torch.clamp(1.0 / d.abs().sum(1), max=1.0)
+        else:
+            t = torch.ones(A, device=dev)
+        # Backtracking line search, per problem: Armijo, or its derivative form (Hager & Zhang's
+        # approximate Wolfe condition) once the loss changes by less than its float32 resolution near
+        # the optimum; quadratic interpolation of phi(t) from phi(0), phi'(0), phi(t), kept in
+        # [0.1 t, 0.5 t]. Only the problems still searching are evaluated again.
+        f_new = g_new = None
+        pending = None
+        sel = None                              # rows being evaluated; None: all
+        for _ in range(MAX_LINE_SEARCH):
+            if sel is None:
+                f0, gtd0, t0, d0 = f, gtd, t, d
+                f_try, g_try = evaluate(torch.addcmul(theta, t.unsqueeze(1), d), pen, wgt)
+            else:
+                f0, gtd0, t0, d0 = f[sel], gtd[sel], t[sel], d[sel]
+                f_try, g_try = evaluate(torch.addcmul(theta[sel], t0.unsqueeze(1), d0), pen[sel],
+                                        wgt[sel] if wgt is not None else None)
+            ok = ((f_try <= f0 + ARMIJO_C1 * t0.double() * gtd0.double())
+                  | ((vdot(g_try, d0) <= (2 * ARMIJO_C1 - 1) * gtd0) & (f_try <= f0 + APPROX_EPS * f0.abs())))
+            if sel is None:
+                if bool(ok.all()):
+                    f_new, g_new = f_try, g_try
+                    break
+                f_new, g_new = f.clone(), g.clone()
+                pending = torch.ones(A, dtype=torch.bool, device=dev)
+                rows = torch.arange(A, device=dev)
+            else:
+                rows = sel
+            f_new[rows[ok]] = f_try[ok]
+            g_new[rows[ok]] = g_try[ok]
+            pending[rows[ok]] = False
+            curv = (f_try - f0 - gtd0.double() * t0.double()).clamp_min(1e-300)
+            t_q = (-gtd0.double() * t0.double() ** 2 / (2 * curv)).float()
+            t[rows[~ok]] = torch.minimum(torch.maximum(t_q, 0.1 * t0), 0.5 * t0)[~ok]
+            sel = pending.nonzero().squeeze(1)
+            if sel.numel() == 0:
+                break
+        slot = it % history
+        s_vec = torch.mul(d, t.unsqueeze(1), out=S[slot])
+        y_vec = torch.sub(g_new, g, out=Y[slot])
+        if pending is not None and bool(pending.any()):  # no decrease found: float32 resolution reached
+            failed = pending
+            s_vec[failed] = 0.0
+        else:
+            failed = torch.zeros(A, dtype=torch.bool, device=dev)
+        sy = vdot(s_vec, y_vec)
+        yy = vdot(y_vec, y_vec) if M is None else vdot(y_vec, y_vec * M)
+        valid = (sy > 1e-10) & ~failed
+        rho[slot] = torch.where(valid, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        gamma = torch.where(valid, sy / yy.clamp_min(1e-30), gamma)
+        theta.add_(s_vec)
+        f, g = f_new, g_new
+        # No stop on a small loss change: losses of nearly separated data are tiny, and an absolute
+        # loss-change test (torch's LBFGS) stops such fits far from their optimum.
+        done = failed | (gmax(g) <= tol) | (s_vec.abs().amax(1) <= TOL_CHANGE)
+    out[ids] = theta
+    return out[:, :nW].reshape(P, C, D), out[:, nW:].contiguous()
+
+
+def precond_kappa(num_classes: int) -> float:
+    """Curvature scale of the preconditioner: the cross-entropy Hessian of a class block is about
+    ``kappa * X'X / N`` with ``kappa = p (1 - p)``; at the start (uniform predictions) ``p = 1 / C``.
+    Only the ratio of ``kappa * eigenvalue`` to ``l2`` shapes the preconditioner (L-BFGS rescales it)."""
+    return (1.0 / num_classes) * (1.0 - 1.0 / num_classes) if num_classes > 1 else 0.25
+
+
+@torch.no_grad()
+def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: int, init=None):
+    """:func:`fit_logreg_batch` for ``P`` problems with a scalar ``l2`` each (uniform row weights),
+    solved in the eigenbasis of ``X'X / N`` with a diagonal preconditioner; same objectives, same
+    minimisers, same stopping rule (the gradient test is made in the original coordinates).
+
+    Why: L-BFGS needs many iterations when the Hessian's eigenvalues spread over decades, and on
+    features they do -- ``kappa * lambda_j + l2`` over the covariance eigenvalues ``lambda_j``, from
+    ``l2`` (1e-6) to tens. Rotating the features by the eigenvectors ``U`` leaves the penalty
+    ``||W||^2`` unchanged (``||W U|| = ||W||``), and in that basis the Hessian is close to diagonal, so
+    the initial inverse Hessian ``diag(1 / (kappa * lambda_j + l2))`` (bias: ``1 / kappa``) removes most
+    of the spread. The rotation costs one ``D x D`` eigendecomposition and one ``N x D x D`` product.
+    Returns ``W [P, C, D]`` (original coordinates) and ``b [P, C]``.
+    """
+    N, D = X.shape
+    C = int(num_classes)
+    l2s = torch.as_tensor(l2s, dtype=torch.float32, device=X.device).reshape(-1)
+    P = l2s.numel()
+    cov = (X.t() @ X).double() / max(N, 1)
+    evals, U = torch.linalg.eigh(cov)
+    U = U.to(torch.float32)
+    Xr = X @ U
+    kappa = precond_kappa(C)
+    mw = 1.0 / (kappa * evals.clamp_min(0).to(torch.float32).unsqueeze(0) + l2s.unsqueeze(1)).clamp_min(1e-12)
+    M = torch.cat([mw.unsqueeze(1).expand(P, C, D).reshape(P, C * D),
+                   torch.full((P, C), 1.0 / kappa, device=X.device)], 1)
+    M = M / M[:, :C * D].mean(1, keepdim=True)  # scale is L-BFGS's business (gamma); keep d ~ g at the start
+    init_r = None if init is None else (init[0] @ U, init[1])
+    Wr, b = fit_logreg_batch(Xr, y, C, l2s, tol=tol, max_iter=max_iter, init=init_r, precond=M, rotation=U)
+    return Wr @ U.t(), b
+
+
+def stacked_predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Predicted class of every row of ``X [N, D]`` under every model ``W [P, C, D], b [P, C]`` -> ``[N, P]``."""
+    P, C, D = W.shape
+    return torch.addmm(b.reshape(1, P * C), X, W.reshape(P * C, D).t()).view(-1, P, C).argmax(2)
