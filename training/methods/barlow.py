@@ -39,7 +39,9 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
 
 @register_method("barlow", display_name="Barlow Twins", paper="Zbontar, Jing, Misra, LeCun, Deny, ICML 2021",
                  position=70,
-                 summary='Barlow Twins', losses=('barlow_twins_loss',))
+                 summary="Barlow Twins",
+                 losses=("barlow_twins_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 16})
 class BarlowTwins(Method):
     def __init__(self, backbone, *, proj_hidden_dim: int = 8192, proj_dim: int = 8192, lambd: float = 0.0051,
                  scale_loss: float = 1.0):

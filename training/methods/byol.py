@@ -29,7 +29,9 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("byol", display_name="BYOL", paper="Grill et al., NeurIPS 2020", position=50,
-                 summary='BYOL: EMA target + predictor', losses=('byol_loss',))
+                 summary="BYOL: EMA target + predictor",
+                 losses=("byol_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16})
 class BYOL(MomentumMethod):
     def __init__(self, backbone, *, proj_hidden_dim: int = 4096, proj_dim: int = 256, pred_hidden_dim: int = 4096,
                  momentum_base: float = 0.996, momentum_final: float = 1.0):

@@ -54,7 +54,9 @@ def cissl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float 
 
 
 @register_method("cissl", display_name="CISSL", paper="Dubois, Hashimoto, Ermon, Liang, NeurIPS 2022", position=30,
-                 summary='contrastive ISSL', losses=('cissl_loss',))
+                 summary="contrastive ISSL",
+                 losses=("cissl_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 8})
 class CISSL(Method):
     """Backbone + linear student ``Linear-BN`` + MLP teacher; loss :func:`cissl_loss`."""
 

@@ -104,21 +104,23 @@ REGISTRY: dict[str, type] = {}
 
 
 def register_method(name: str, *, display_name: str, paper: str, position: int, cpu_recipe: str | None = None,
-                    summary: str = "", losses: tuple = ()):
+                    summary: str = "", losses: tuple = (), tiny: dict | None = None):
     """Class decorator: register a method class under the recipe name ``name``.
 
     ``display_name``: the name in tables; ``paper``: the reference (authors, venue, year);
     ``position``: the place of the method in the method table and in ``--methods all`` (ascending;
     ties by name); ``cpu_recipe``: its Fashion-MNIST CPU recipe (default ``<name>_fashion_mnist_cpu``);
     ``summary``: what the method is, in a few words; ``losses``: the names of its loss functions
-    (importable from its module). The values are kept on the class as ``method_name``,
-    ``display_name``, ``paper``, ``position``, ``cpu_recipe``, ``summary`` and ``losses``."""
+    (importable from its module); ``tiny``: keyword arguments for a seconds-long smoke run (the
+    every-method tests build each method with them). The values are kept on the class as
+    ``method_name``, ``display_name``, ``paper``, ``position``, ``cpu_recipe``, ``summary``, ``losses``
+    and ``tiny``."""
     def deco(cls):
         if name in REGISTRY and REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is registered twice ({REGISTRY[name].__name__}, {cls.__name__})")
         cls.method_name, cls.display_name, cls.paper = name, display_name, paper
         cls.position, cls.cpu_recipe = int(position), cpu_recipe or f"{name}_fashion_mnist_cpu"
-        cls.summary, cls.losses = summary or display_name, tuple(losses)
+        cls.summary, cls.losses, cls.tiny = summary or display_name, tuple(losses), dict(tiny or {})
         REGISTRY[name] = cls
         return cls
     return deco

@@ -74,7 +74,9 @@ def debiased_contrastive_loss(z: torch.Tensor, temperature: float = 0.5, tau_plu
 
 @register_method("dcl", display_name="DCL", paper="Chuang, Robinson, Lin, Torralba, Jegelka, NeurIPS 2020",
                  position=20,
-                 summary="Debiased Contrastive Learning (not lightly's *Decoupled* CL); `tau_plus=0` is NT-Xent", losses=('debiased_contrastive_loss',))
+                 summary="Debiased Contrastive Learning (not lightly's *Decoupled* CL); `tau_plus=0` is NT-Xent",
+                 losses=("debiased_contrastive_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 8})
 class DCL(Method):
     """Backbone + SimCLR projection head; loss :func:`debiased_contrastive_loss` of two views."""
 

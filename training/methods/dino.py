@@ -103,7 +103,9 @@ class DINOHead(nn.Module):
 
 
 @register_method("dino", display_name="DINO", paper="Caron et al., ICCV 2021", position=80,
-                 summary='DINO: centring, sharpening, EMA teacher, multi-crop', losses=('dino_loss',))
+                 summary="DINO: centring, sharpening, EMA teacher, multi-crop",
+                 losses=("dino_loss",),
+                 tiny={"out_dim": 32, "proj_hidden_dim": 16, "bottleneck_dim": 8, "freeze_last_layer_epochs": 0})
 class DINO(MomentumMethod):
     multicrop = True
     ddp_find_unused_parameters = True  # the last layer gets no gradient while it is frozen

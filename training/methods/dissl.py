@@ -102,7 +102,9 @@ def dissl_student_head(in_dim: int, n_clusters: int, bottleneck_dim: int = 512) 
 
 
 @register_method("dissl", display_name="DISSL", paper="Dubois, Hashimoto, Ermon, Liang, NeurIPS 2022", position=90,
-                 summary='distillation ISSL: teacher/student heads, C clusters, lambda, beta, no EMA/stop-grad', losses=('dissl_loss', 'marginal_entropy'))
+                 summary="distillation ISSL: teacher/student heads, C clusters, lambda, beta, no EMA/stop-grad",
+                 losses=("dissl_loss", "marginal_entropy"),
+                 tiny={"n_clusters": 32, "proj_hidden_dim": 16, "bottleneck_dim": 8})
 class DISSL(Method):
     """Backbone + teacher / student heads; loss :func:`dissl_loss`. Multi-crop: the teacher sees the
     two large crops only, the student sees every crop."""

@@ -61,7 +61,9 @@ class KeyQueue(nn.Module):
 
 @register_method("mocov2", display_name="MoCo v2", paper="Chen, Fan, Girshick, He, arXiv 2003.04297 (2020)",
                  position=40,
-                 summary='MoCo v2: queue + momentum encoder', losses=('moco_loss',))
+                 summary="MoCo v2: queue + momentum encoder",
+                 losses=("moco_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 64})
 class MoCoV2(MomentumMethod):
     """Query encoder (backbone + head), momentum key encoder, key queue."""
 

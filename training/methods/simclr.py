@@ -41,7 +41,9 @@ def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, rows: torch.Tensor |
 
 
 @register_method("simclr", display_name="SimCLR", paper="Chen, Kornblith, Norouzi, Hinton, ICML 2020", position=10,
-                 summary='SimCLR (NT-Xent)', losses=('nt_xent_loss',))
+                 summary="SimCLR (NT-Xent)",
+                 losses=("nt_xent_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 8})
 class SimCLR(nn.Module):
     """Backbone + projection head; ``forward(views)`` returns the NT-Xent loss of two views."""
 

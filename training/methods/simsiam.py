@@ -25,7 +25,9 @@ def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("simsiam", display_name="SimSiam", paper="Chen & He, CVPR 2021", position=60,
-                 summary='SimSiam: stop-grad predictor', losses=('simsiam_loss',))
+                 summary="SimSiam: stop-grad predictor",
+                 losses=("simsiam_loss",),
+                 tiny={"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 8})
 class SimSiam(Method):
     def __init__(self, backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 2048, pred_hidden_dim: int = 512,
                  proj_layers: int = 3):
