@@ -128,7 +128,7 @@ def test_every_method_gets_the_d1024_architecture_and_the_budget(tmp_path):
 
     arch = load_recipe("simclr_d1024_fashion_mnist_cpu")["model"]
     runs = plan_runs(list(VARIANTS), [0, 1, 2], [0], tmp_path, arch_overrides() + ["train.max_steps=7"])
-    assert len(runs) == 4 * 3 + 6
+    assert len(runs) == 4 * 3 + len(EXTRA_METHODS)  # default variants x 3 seeds + every other method x 1
     assert {r.method for r in runs if r.seed == 1} == {m for m in VARIANTS if m not in EXTRA_METHODS}
     for r in runs:
         cfg = load_recipe(r.recipe, r.overrides)
@@ -140,6 +140,8 @@ def test_every_method_gets_the_d1024_architecture_and_the_budget(tmp_path):
 
 def test_method_sets():
     assert parse_methods("default") == ["simclr", "dcl_tau0.05", "dcl_tau0.1", "cissl"]
-    assert len(parse_methods("all")) == 10
+    from training.methods import METHODS
+
+    assert len(parse_methods("all")) == len(METHODS) + 1  # every registered method, DCL as two tau+ variants
     with pytest.raises(ValueError, match="unknown method 'simclrr'"):
         parse_methods("simclrr")
