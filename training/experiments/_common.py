@@ -3,7 +3,9 @@ fixed step budget (through :mod:`training.experiments.harness`, as the method co
 
 Every cell (one training run + probes) is a key in ``OUT/results.json``, rewritten atomically after
 each cell, so an interrupted experiment resumes by skipping finished cells (a half-trained cell
-resumes from its own checkpoint in ``OUT/runs/KEY``).
+resumes from its own checkpoint in ``OUT/runs/KEY``). Each cell's probe results also go to the
+results store (:class:`eval.store.ResultStore`, model ``EXPERIMENT/KEY``), like the method
+comparison's, so ``sslzoo leaderboard`` shows them beside every other evaluation.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ import torch
 from eval import stats
 from eval.features import extract
 from eval.probes import knn_probe, linear_probe
+from eval.run import LINEAR_VAL_FRACTION, data_fingerprint
+from eval.store import Result, ResultStore
 from zoo.hub import create_model
-from zoo.io import atomic_write_text
+from zoo.io import WEIGHTS_NAME, atomic_write_text, sha256_file
 
 from ..augmentation.presets import AUGMENT_PRESETS
 from ..config import load_recipe
@@ -90,12 +94,29 @@ def train_and_probe(out_dir: Path, overrides: list, probe_data, *, probe_train: 
     if probe_train and probe_train < len(ytr):
         keep = torch.as_tensor(np.random.default_rng(0).permutation(len(ytr))[:probe_train])
         ftr, ytr = ftr[keep], ytr[keep]
-    lin = linear_probe(ftr, ytr, fte, yte)
+    lin = linear_probe(ftr, ytr, fte, yte, val_fraction=LINEAR_VAL_FRACTION)
     knn = knn_probe(ftr, ytr, fte, yte, k=20, temperature=0.07)
+    store_results(out_dir, model, (tr, te), lin, knn, probe_train)
     trainer = Trainer(cfg, out_dir, device="cpu")
     return {"linear": 100 * lin["accuracy"], "linear_l2": lin["l2"], "knn20": 100 * knn["accuracy"],
             "steps": int(cfg["train"]["max_steps"]), "train_images": trainer.epoch_size(trainer.load_data()[0]),
             "train_s": round(train_s, 1), "probe_s": round(time.time() - t1, 1)}
+
+
+def store_results(out_dir: Path, model, probe_data, lin: dict, knn: dict, probe_train: int | None) -> None:
+    """One cell's linear and kNN results into the results store: model ``EXPERIMENT/KEY`` (the
+    experiment's output folder / the cell), weights by the exported file's sha256, protocols as
+    ``sslzoo eval`` names them, the probe-train subsample (if any) among the parameters."""
+    out_dir = Path(out_dir)
+    base = dict(model=f"{out_dir.parent.parent.name}/{out_dir.name}",
+                weights_sha256=sha256_file(out_dir / "export" / WEIGHTS_NAME), dataset=probe_data[0].name,
+                dataset_sha256=data_fingerprint(*probe_data))
+    common = {"precision": "fp32", "preprocess": model.preprocess.to_dict(), "probe_train": probe_train}
+    with ResultStore() as store:
+        store.put([Result(probe="linear", protocol="linear", seed=0, accuracy=100 * lin["accuracy"],
+                          params=dict(common, val_fraction=LINEAR_VAL_FRACTION), extra={"l2": lin["l2"]}, **base),
+                   Result(probe="knn", protocol="knn k=20 T=0.07", seed=None, accuracy=100 * knn["accuracy"],
+                          params=dict(common, k=20, T=0.07), **base)])
 
 
 def mean_std(values) -> tuple[float, float]:
