@@ -78,15 +78,11 @@ def current_umask() -> int:
     return umask
 
 
-def _public_mode(path: str) -> None:
-    """mkstemp creates 0600 files; give the final file the usual mode (0666 minus the umask)."""
-    os.chmod(path, 0o666 & ~current_umask())
-
-
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp", fsync: bool = True):
+def atomic_path(path: str | Path, suffix: str = ".tmp", fsync: bool = True, mode: int = 0o666):
     """Yield a temporary path beside ``path``; when the block ends without an exception the file is
-    fsynced, given the usual permissions and renamed onto ``path``; otherwise it is removed.
+    fsynced, given the usual permissions (``mode`` minus the umask) and renamed onto ``path``;
+    otherwise it is removed.
 
         with atomic_path(out) as tmp:
             save_file(tensors, tmp)
@@ -100,7 +96,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp", fsync: bool = True):
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        _public_mode(tmp)
+        os.chmod(tmp, mode & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

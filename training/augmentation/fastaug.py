@@ -22,13 +22,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
-from zoo.base import home
+from zoo.base import atomic_path, home
 
 SOURCE = Path(__file__).with_name("_fastaug.c")
 
@@ -51,10 +50,7 @@ def _build_dir(src: bytes, cc: str) -> Path:
 
 def _build(cc: str, out: Path) -> None:
     """Compile ``_fastaug.c`` into ``out`` (temporary file + rename, so a killed build leaves nothing)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".so", mode=0o777) as tmp:
         base = [cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
         attempts = [base[:1] + ["-march=native", "-mprefer-vector-width=512", "-fopenmp"] + base[1:],
                     base[:1] + ["-march=native", "-fopenmp"] + base[1:], base[:1] + ["-fopenmp"] + base[1:], base]
@@ -62,14 +58,10 @@ def _build(cc: str, out: Path) -> None:
         for cmd in attempts:
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode == 0:
-                os.replace(tmp, out)
                 return
             err = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["(no output)"]
             err = err[0]
         raise RuntimeError(f"{cc} failed: {err}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def library():
