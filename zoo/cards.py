@@ -26,15 +26,94 @@ def card_path(name: str) -> Path:
     return CARD_DIR / f"{name}.md"
 
 
+# The Hub dataset id of each catalogue data set (``dataset.type`` in ``model-index``, the top-level ``datasets:``),
+# with its display name. The one place that maps ssl-zoo's names to the Hub's.
+HUB_DATASETS = {
+    "fashion-mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNIST"),
+    "mnist": ("ylecun/mnist", "MNIST"),
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "cifar100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "stl10": ("tanganke/stl10", "STL-10"),
+    "svhn": ("ufldl-stanford/svhn", "SVHN"),
+    "tinyimagenet": ("zh-plus/tiny-imagenet", "Tiny ImageNet"),
+    "imagenet": ("ILSVRC/imagenet-1k", "ImageNet-1k"),
+}
+# where numbers "measured here" come from (the same placeholder as the README's torch.hub.load("<org>/ssl-zoo"))
+PROJECT_URL = "https://github.com/<org>/ssl-zoo"
+_GITHUB_REPO = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9][A-Za-z0-9._-]*)\b")
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def hub_dataset(name: str) -> tuple[str, str]:
+    """``(Hub dataset id, display name)`` of a catalogue data set, or of free text that starts with one
+    (``"ImageNet-1k train (...)"`` -> imagenet); an unknown name is an error naming the table to extend."""
+    first = _squash(name.split(" ")[0])
+    for key in sorted(HUB_DATASETS, key=len, reverse=True):
+        if first.startswith(_squash(key)):
+            return HUB_DATASETS[key]
+    raise SSLZooError(f"no Hub dataset id for {name!r}; add it to zoo.cards.HUB_DATASETS")
+
+
+def task_name(protocol: str) -> str:
+    """The short task name of a protocol sentence: "linear probe", "few-shot linear probe", "kNN" or
+    "fine-tuning"."""
+    p = protocol.lower()
+    if p.startswith(("finetune", "fine-tun")):
+        return "fine-tuning"
+    if p.startswith("few-shot"):
+        return "few-shot linear probe"
+    if p.startswith("knn"):
+        return "kNN"
+    if p.startswith(("linear", "logistic")):
+        return "linear probe"
+    raise SSLZooError(f"cannot name the task of the protocol {protocol!r}; extend zoo.cards.task_name")
+
+
+def metric_name(protocol: str) -> str:
+    """The short metric name: "top-1 accuracy" (or top-5), with the few-shot k or the kNN k / T."""
+    top = "top-5" if protocol.rstrip().endswith("top-5") else "top-1"
+    if (m := re.search(r"\bk=(\d+)", protocol)) and protocol.lower().startswith("few-shot"):
+        return f"{top} accuracy, {m.group(1)}-shot"
+    if (m := re.match(r"knn k=(\d+) T=([0-9.]+)", protocol, re.I)):
+        return f"{top} accuracy, k={m.group(1)} T={m.group(2)}"
+    return f"{top} accuracy"
+
+
+def metric_source(source: str) -> dict:
+    """``{"name", "url"}`` of a metric's source: an upstream claim links the GitHub repository it names
+    (``owner/repo``), a number measured here links ssl-zoo."""
+    if not source.startswith("upstream claim"):
+        return {"name": source, "url": PROJECT_URL}
+    m = _GITHUB_REPO.search(source.removeprefix("upstream claim").lstrip(": "))
+    if not m:
+        raise SSLZooError(f"the source {source!r} names no GitHub owner/repo; write it as 'upstream claim: OWNER/REPO ...'")
+    return {"name": source, "url": f"https://github.com/{m.group(1)}"}
+
+
+def model_index(r: ModelRecord) -> list[dict]:
+    """The ``model-index`` of a record as huggingface_hub parses it (``repocard_data.model_index_to_eval_results``):
+    one result per metric; task / metric names short, the protocol sentence in the metric's ``config``, the data
+    set as its Hub id, the source with a URL."""
+    results = []
+    for m in r.metrics:
+        ds_id, ds_name = hub_dataset(m.dataset)
+        results.append({"task": {"type": "image-classification", "name": task_name(m.protocol)},
+                        "dataset": {"name": ds_name, "type": ds_id, "split": m.split},
+                        "metrics": [{"type": "accuracy", "value": round(m.value, 2), "name": metric_name(m.protocol),
+                                     "config": m.protocol}],
+                        "source": metric_source(m.source)})
+    return [{"name": r.name, "results": results}] if results else []
+
+
 def _front_matter(r: ModelRecord) -> str:
-    results = [{"task": {"type": "image-classification", "name": m.protocol},
-                "dataset": {"name": m.dataset, "type": m.dataset, "split": m.split},
-                "metrics": [{"type": "accuracy", "value": round(m.value, 2), "name": f"{m.protocol} accuracy"}],
-                "source": {"name": m.source}} for m in r.metrics]
     meta = {"library_name": "ssl-zoo", "pipeline_tag": "image-feature-extraction", "license": r.license.lower(),
-            "tags": ["self-supervised-learning", r.method, r.arch["arch"], *r.tags]}
-    if results:
-        meta["model-index"] = [{"name": r.name, "results": results}]
+            "tags": ["self-supervised-learning", r.method, r.arch["arch"], *r.tags],
+            "datasets": [hub_dataset(r.train_data)[0]]}
+    if r.metrics:
+        meta["model-index"] = model_index(r)
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n"
 
 
