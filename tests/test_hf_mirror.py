@@ -99,3 +99,45 @@ def test_from_pretrained_takes_a_folder_and_refuses_what_is_not_ours(tmp_path, m
     monkeypatch.undo()
     with pytest.raises(WeightsError, match="cannot download org/missing@main .*HF_HUB_OFFLINE"):
         from_pretrained("org/missing", cache_dir=tmp_path / "empty-cache")
+
+
+def test_a_folder_card_is_read_by_huggingface_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from zoo.convert import folder_card
+
+    random_folder(tmp_path / "m", {"arch": "resnet18"}, PRE3)
+    cfg = dict(json.loads((tmp_path / "m" / "config.json").read_text()), train_data="STL10 unlabeled")
+    (tmp_path / "README.md").write_text(folder_card(cfg))
+    card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
+    assert card.data.datasets == ["tanganke/stl10"] and card.data.library_name == "ssl-zoo"
+    assert 'timm.create_model("hf-hub:ORG/NAME", pretrained=True)' in card.text  # timm can build this one
+
+
+def test_the_mirror_step_refuses_a_config_that_describes_other_weights(tmp_path, monkeypatch):
+    """A pinned revision whose config.json records another sha256 than the registry is not loaded. The mirror is a
+    stand-in for hf_hub_download handing out local files (NOT the Hub; tests/test_hf_loopback.py serves real ones)."""
+    import dataclasses
+
+    import huggingface_hub
+
+    from zoo.hub import resolve_weights
+    from zoo.io import sha256_file
+    from zoo.records import WeightSource
+
+    random_folder(tmp_path / "m", {"arch": "resnet18", "stem": "cifar", "width": 4}, PRE3)
+    sha = sha256_file(tmp_path / "m" / "model.safetensors")
+    fetched = []
+
+    def download(repo, name, revision=None, **kw):
+        fetched.append(name)
+        return str(tmp_path / "m" / name)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    base = REGISTRY["simclr_resnet18w16_fashion_mnist"]
+    good = dataclasses.replace(base, weights=WeightSource(sha256=sha, hf_repo="org/m", hf_revision="a" * 40))
+    path, src = resolve_weights(good)
+    assert src.startswith("hf: ") and sha256_file(path) == sha and fetched == ["config.json", "model.safetensors"]
+    other = dataclasses.replace(base, weights=WeightSource(sha256="0" * 64, hf_repo="org/m", hf_revision="a" * 40))
+    with pytest.warns(UserWarning), pytest.raises(WeightsError, match="its config.json describes weights with sha256"):
+        resolve_weights(other)

@@ -16,6 +16,7 @@ import yaml
 from tabulate import tabulate
 
 from .base import SSLZooError, atomic_write_text
+from .io import timm_config
 from .registry import REGISTRY, ModelRecord
 
 CARD_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -124,6 +125,18 @@ def _recipe_cell(r: ModelRecord) -> str:
     return f"{path} (ssl-zoo's reproduction; the weights are upstream's)" if r.weights.upstream_url else path
 
 
+def _mirror_usage(arch: dict, preprocess: dict, feature_dim: int) -> list[str]:
+    """How to load an HF mirror of the model (``sslzoo publish`` to ORG/NAME): ssl-zoo's one line, and timm's
+    when ``config.json`` carries timm's keys (:func:`zoo.io.timm_config`)."""
+    lines = ["From an HF Hub mirror (the repository `sslzoo publish` writes, ORG/NAME):", "", "```python",
+             "from zoo.hub import from_pretrained", 'model = from_pretrained("ORG/NAME")  # revision="COMMIT" pins it']
+    if timm_config(arch, preprocess, feature_dim) is not None:
+        lines += ["import timm  # timm builds this architecture from config.json: the same features",
+                  'model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)  # headless (num_classes=0), '
+                  f"[B, {feature_dim}]"]
+    return lines + ["```", ""]
+
+
 def render_card(r: ModelRecord) -> str:
     arch = ", ".join(f"{k}={v}" for k, v in r.arch.items())
     lines = [_front_matter(r), f"# {r.name}", "", r.description or "", "",
@@ -153,7 +166,8 @@ def render_card(r: ModelRecord) -> str:
     lines += ["", "## Usage", "", "```python", "import torch",
               f'model = torch.hub.load("<org>/ssl-zoo", "{r.name}")  # or torch.hub.load(".", ..., source="local")',
               ("features = model(model.preprocess(images))  # uint8 [B,C,H,W] or PIL -> "
-               f"[B, {r.feature_dim}]"), "```", "", "## Results", ""]
+               f"[B, {r.feature_dim}]"), "```", "", *_mirror_usage(r.arch, r.preprocess.to_dict(), r.feature_dim),
+              "## Results", ""]
     if r.metrics:
         lines += ["| dataset | split | protocol | accuracy (%) | source |", "|---|---|---|---:|---|"]
         lines += [f"| {m.dataset} | {m.split} | {m.protocol} | {m.value:.2f} | {m.source} |" for m in r.metrics]
@@ -178,6 +192,12 @@ def render_config_card(cfg: dict) -> str:
     meta = {"library_name": "ssl-zoo", "pipeline_tag": "image-feature-extraction",
             "license": str(cfg.get("license") or "unknown").lower(),
             "tags": ["self-supervised-learning", *([cfg["method"]] if cfg.get("method") else []), cfg["arch"]["arch"]]}
+    try:
+        meta["datasets"] = [hub_dataset(cfg["train_data"])[0]] if cfg.get("train_data") else []
+    except SSLZooError:  # training data with no Hub id: no datasets: entry
+        meta["datasets"] = []
+    if not meta["datasets"]:
+        del meta["datasets"]
     pre = cfg["preprocess"]
     arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
     lines = ["---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n", f"# {cfg['name']}", "",
@@ -186,7 +206,8 @@ def render_config_card(cfg: dict) -> str:
              f"| feature dim | {cfg['feature_dim']} |",
              (f"| preprocessing | resize {pre['resize']} -> center crop {pre['crop']}, mean {pre['mean']}, "
               f"std {pre['std']} |"), "", "## Usage", "", "```python", "from zoo.hub import create_model",
-             "model = create_model(\"path/to/this/folder\")", "```", "", "## Results", "",
+             "model = create_model(\"path/to/this/folder\")", "```", "",
+             *_mirror_usage(cfg["arch"], pre, cfg["feature_dim"]), "## Results", "",
              "No result recorded in this folder.", ""]
     return "\n".join(lines)
 
