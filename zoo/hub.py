@@ -8,14 +8,18 @@ config), ``.weights_sha256`` and ``.weights_source`` attached. Weights resolve, 
    sha256 is checked);
 2. the copy bundled inside the package (``zoo/bundled/NAME``), sha256-checked;
 3. the HF Hub mirror (only when the record has one) via ``huggingface_hub.hf_hub_download`` (repo id,
-   filename, pinned revision; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HOME``), sha256 checked
-   after download;
+   filename, pinned revision; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HOME``): ``config.json``
+   first (the Hub counts a model's downloads by it; it must record the pinned sha256), then the weights,
+   sha256 checked after download;
 4. the upstream checkpoint: downloaded once, converted by :mod:`zoo.convert` into
    ``$SSLZOO_HOME/upstream/NAME`` and loaded from there afterwards. When the record pins no sha256 the
    weights are loaded with a warning that they are unverified.
 
 Each step that fails says why in one line (a ``UserWarning``) and the next is tried; when all fail,
 :class:`WeightsError` lists every reason. A sha256 mismatch is never loaded.
+
+``from_pretrained("ORG/NAME")`` loads a published repository that is not (yet) in the registry, with
+huggingface_hub's keyword conventions.
 """
 from __future__ import annotations
 
