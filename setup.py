@@ -31,9 +31,12 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
     ],
-    # olah: a real HF-compatible hub served on loopback for tests/test_hf_loopback.py
+    # olah: a real HF-compatible hub served on loopback for tests/test_hf_loopback.py; timm: the same test loads a
+    # published mirror with timm.create_model("hf-hub:...")
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4"],
+        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4", "timm>=0.9"],
+        # timm reads the mirrors' config.json (architecture / num_features / pretrained_cfg) for plain ResNets
+        "timm": ["timm>=0.9"],
         # benchmarks/: the alternatives they time (lightly's SimCLR pipeline, sklearn's LogisticRegression).
         # lightly's own requirements (pytorch_lightning, hydra) are not needed by benchmarks/train_speed.py;
         # to keep torch untouched: pip install --no-deps lightly lightning-utilities

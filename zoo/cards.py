@@ -16,6 +16,7 @@ import yaml
 from tabulate import tabulate
 
 from .base import SSLZooError, atomic_write_text
+from .io import timm_config
 from .registry import REGISTRY, ModelRecord
 
 CARD_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -26,15 +27,94 @@ def card_path(name: str) -> Path:
     return CARD_DIR / f"{name}.md"
 
 
+# The Hub dataset id of each catalogue data set (``dataset.type`` in ``model-index``, the top-level ``datasets:``),
+# with its display name. The one place that maps ssl-zoo's names to the Hub's.
+HUB_DATASETS = {
+    "fashion-mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNIST"),
+    "mnist": ("ylecun/mnist", "MNIST"),
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "cifar100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "stl10": ("tanganke/stl10", "STL-10"),
+    "svhn": ("ufldl-stanford/svhn", "SVHN"),
+    "tinyimagenet": ("zh-plus/tiny-imagenet", "Tiny ImageNet"),
+    "imagenet": ("ILSVRC/imagenet-1k", "ImageNet-1k"),
+}
+# where numbers "measured here" come from (the same placeholder as the README's torch.hub.load("<org>/ssl-zoo"))
+PROJECT_URL = "https://github.com/<org>/ssl-zoo"
+_GITHUB_REPO = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9][A-Za-z0-9._-]*)\b")
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def hub_dataset(name: str) -> tuple[str, str]:
+    """``(Hub dataset id, display name)`` of a catalogue data set, or of free text that starts with one
+    (``"ImageNet-1k train (...)"`` -> imagenet); an unknown name is an error naming the table to extend."""
+    first = _squash(name.split(" ")[0])
+    for key in sorted(HUB_DATASETS, key=len, reverse=True):
+        if first.startswith(_squash(key)):
+            return HUB_DATASETS[key]
+    raise SSLZooError(f"no Hub dataset id for {name!r}; add it to zoo.cards.HUB_DATASETS")
+
+
+def task_name(protocol: str) -> str:
+    """The short task name of a protocol sentence: "linear probe", "few-shot linear probe", "kNN" or
+    "fine-tuning"."""
+    p = protocol.lower()
+    if p.startswith(("finetune", "fine-tun")):
+        return "fine-tuning"
+    if p.startswith("few-shot"):
+        return "few-shot linear probe"
+    if p.startswith("knn"):
+        return "kNN"
+    if p.startswith(("linear", "logistic")):
+        return "linear probe"
+    raise SSLZooError(f"cannot name the task of the protocol {protocol!r}; extend zoo.cards.task_name")
+
+
+def metric_name(protocol: str) -> str:
+    """The short metric name: "top-1 accuracy" (or top-5), with the few-shot k or the kNN k / T."""
+    top = "top-5" if protocol.rstrip().endswith("top-5") else "top-1"
+    if (m := re.search(r"\bk=(\d+)", protocol)) and protocol.lower().startswith("few-shot"):
+        return f"{top} accuracy, {m.group(1)}-shot"
+    if (m := re.match(r"knn k=(\d+) T=([0-9.]+)", protocol, re.I)):
+        return f"{top} accuracy, k={m.group(1)} T={m.group(2)}"
+    return f"{top} accuracy"
+
+
+def metric_source(source: str) -> dict:
+    """``{"name", "url"}`` of a metric's source: an upstream claim links the GitHub repository it names
+    (``owner/repo``), a number measured here links ssl-zoo."""
+    if not source.startswith("upstream claim"):
+        return {"name": source, "url": PROJECT_URL}
+    m = _GITHUB_REPO.search(source.removeprefix("upstream claim").lstrip(": "))
+    if not m:
+        raise SSLZooError(f"the source {source!r} names no GitHub owner/repo; write it as 'upstream claim: OWNER/REPO ...'")
+    return {"name": source, "url": f"https://github.com/{m.group(1)}"}
+
+
+def model_index(r: ModelRecord) -> list[dict]:
+    """The ``model-index`` of a record as huggingface_hub parses it (``repocard_data.model_index_to_eval_results``):
+    one result per metric; task / metric names short, the protocol sentence in the metric's ``config``, the data
+    set as its Hub id, the source with a URL."""
+    results = []
+    for m in r.metrics:
+        ds_id, ds_name = hub_dataset(m.dataset)
+        results.append({"task": {"type": "image-classification", "name": task_name(m.protocol)},
+                        "dataset": {"name": ds_name, "type": ds_id, "split": m.split},
+                        "metrics": [{"type": "accuracy", "value": round(m.value, 2), "name": metric_name(m.protocol),
+                                     "config": m.protocol}],
+                        "source": metric_source(m.source)})
+    return [{"name": r.name, "results": results}] if results else []
+
+
 def _front_matter(r: ModelRecord) -> str:
-    results = [{"task": {"type": "image-classification", "name": m.protocol},
-                "dataset": {"name": m.dataset, "type": m.dataset, "split": m.split},
-                "metrics": [{"type": "accuracy", "value": round(m.value, 2), "name": f"{m.protocol} accuracy"}],
-                "source": {"name": m.source}} for m in r.metrics]
     meta = {"library_name": "ssl-zoo", "pipeline_tag": "image-feature-extraction", "license": r.license.lower(),
-            "tags": ["self-supervised-learning", r.method, r.arch["arch"], *r.tags]}
-    if results:
-        meta["model-index"] = [{"name": r.name, "results": results}]
+            "tags": ["self-supervised-learning", r.method, r.arch["arch"], *r.tags],
+            "datasets": [hub_dataset(r.train_data)[0]]}
+    if r.metrics:
+        meta["model-index"] = model_index(r)
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n"
 
 
@@ -43,6 +123,18 @@ def _recipe_cell(r: ModelRecord) -> str:
         return "upstream"
     path = f"`training/recipes/{r.recipe}.yaml`"
     return f"{path} (ssl-zoo's reproduction; the weights are upstream's)" if r.weights.upstream_url else path
+
+
+def _mirror_usage(arch: dict, preprocess: dict, feature_dim: int) -> list[str]:
+    """How to load an HF mirror of the model (``sslzoo publish`` to ORG/NAME): ssl-zoo's one line, and timm's
+    when ``config.json`` carries timm's keys (:func:`zoo.io.timm_config`)."""
+    lines = ["From an HF Hub mirror (the repository `sslzoo publish` writes, ORG/NAME):", "", "```python",
+             "from zoo.hub import from_pretrained", 'model = from_pretrained("ORG/NAME")  # revision="COMMIT" pins it']
+    if timm_config(arch, preprocess, feature_dim) is not None:
+        lines += ["import timm  # timm builds this architecture from config.json: the same features",
+                  'model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)  # headless (num_classes=0), '
+                  f"[B, {feature_dim}]"]
+    return lines + ["```", ""]
 
 
 def render_card(r: ModelRecord) -> str:
@@ -74,7 +166,8 @@ def render_card(r: ModelRecord) -> str:
     lines += ["", "## Usage", "", "```python", "import torch",
               f'model = torch.hub.load("<org>/ssl-zoo", "{r.name}")  # or torch.hub.load(".", ..., source="local")',
               ("features = model(model.preprocess(images))  # uint8 [B,C,H,W] or PIL -> "
-               f"[B, {r.feature_dim}]"), "```", "", "## Results", ""]
+               f"[B, {r.feature_dim}]"), "```", "", *_mirror_usage(r.arch, r.preprocess.to_dict(), r.feature_dim),
+              "## Results", ""]
     if r.metrics:
         lines += ["| dataset | split | protocol | accuracy (%) | source |", "|---|---|---|---:|---|"]
         lines += [f"| {m.dataset} | {m.split} | {m.protocol} | {m.value:.2f} | {m.source} |" for m in r.metrics]
@@ -99,6 +192,12 @@ def render_config_card(cfg: dict) -> str:
     meta = {"library_name": "ssl-zoo", "pipeline_tag": "image-feature-extraction",
             "license": str(cfg.get("license") or "unknown").lower(),
             "tags": ["self-supervised-learning", *([cfg["method"]] if cfg.get("method") else []), cfg["arch"]["arch"]]}
+    try:
+        meta["datasets"] = [hub_dataset(cfg["train_data"])[0]] if cfg.get("train_data") else []
+    except SSLZooError:  # training data with no Hub id: no datasets: entry
+        meta["datasets"] = []
+    if not meta["datasets"]:
+        del meta["datasets"]
     pre = cfg["preprocess"]
     arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
     lines = ["---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n", f"# {cfg['name']}", "",
@@ -107,7 +206,8 @@ def render_config_card(cfg: dict) -> str:
              f"| feature dim | {cfg['feature_dim']} |",
              (f"| preprocessing | resize {pre['resize']} -> center crop {pre['crop']}, mean {pre['mean']}, "
               f"std {pre['std']} |"), "", "## Usage", "", "```python", "from zoo.hub import create_model",
-             "model = create_model(\"path/to/this/folder\")", "```", "", "## Results", "",
+             "model = create_model(\"path/to/this/folder\")", "```", "",
+             *_mirror_usage(cfg["arch"], pre, cfg["feature_dim"]), "## Results", "",
              "No result recorded in this folder.", ""]
     return "\n".join(lines)
 

@@ -8,14 +8,18 @@ config), ``.weights_sha256`` and ``.weights_source`` attached. Weights resolve, 
    sha256 is checked);
 2. the copy bundled inside the package (``zoo/bundled/NAME``), sha256-checked;
 3. the HF Hub mirror (only when the record has one) via ``huggingface_hub.hf_hub_download`` (repo id,
-   filename, pinned revision; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HOME``), sha256 checked
-   after download;
+   filename, pinned revision; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HOME``): ``config.json``
+   first (the Hub counts a model's downloads by it; it must record the pinned sha256), then the weights,
+   sha256 checked after download;
 4. the upstream checkpoint: downloaded once, converted by :mod:`zoo.convert` into
    ``$SSLZOO_HOME/upstream/NAME`` and loaded from there afterwards. When the record pins no sha256 the
    weights are loaded with a warning that they are unverified.
 
 Each step that fails says why in one line (a ``UserWarning``) and the next is tried; when all fail,
 :class:`WeightsError` lists every reason. A sha256 mismatch is never loaded.
+
+``from_pretrained("ORG/NAME")`` loads a published repository that is not (yet) in the registry, with
+huggingface_hub's keyword conventions.
 """
 from __future__ import annotations
 
@@ -37,18 +41,25 @@ def is_zoo_folder(path: str | Path) -> bool:
 
 
 def _from_hf(record: ModelRecord) -> Path:
+    """``config.json`` then the weights of the record's mirror, at the pinned revision. The config is fetched
+    (a mirror's download counter counts ``config.json``) and must describe the pinned weights."""
     w = record.weights
     if not w.hf_repo:
         raise WeightsError("no HF Hub mirror registered")
     if not w.hf_revision:
-        raise WeightsError(f"HF mirror {w.hf_repo} has no pinned revision in the registry")
+        raise WeightsError(f"HF Hub mirror {w.hf_repo} has no pinned revision in the registry")
     from huggingface_hub import hf_hub_download
 
     try:
+        config = hf_hub_download(w.hf_repo, CONFIG_NAME, revision=w.hf_revision)
         path = hf_hub_download(w.hf_repo, w.hf_filename, revision=w.hf_revision)
     except Exception as e:  # offline, 404, auth, ...: one line, then the next source
         raise WeightsError(f"HF Hub {w.hf_repo}@{w.hf_revision[:12]}: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    described = read_config(Path(config).parent).get("sha256")
+    if w.sha256 and described and described != w.sha256:
+        raise WeightsError(f"HF Hub {w.hf_repo}@{w.hf_revision[:12]}: its {CONFIG_NAME} describes weights with "
+                           f"sha256 {described[:12]}…, the registry pins {w.sha256[:12]}…; pin the right revision")
     return Path(path)
 
 
@@ -222,6 +233,51 @@ def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: s
             raise WeightsError(f"{path} changed after its sha256 was checked; refusing it")
         load_strict(model, load_safetensors(path), source=f"{record.name} weights {path}")
     return _finish(model, record.preprocess, record, sha, src)
+
+
+def from_pretrained(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                    force_download: bool = False, token: str | bool | None = None, local_files_only: bool = False,
+                    **arch_overrides) -> torch.nn.Module:
+    """The encoder published as an HF model repository (``sslzoo publish``), with the keyword arguments of
+    huggingface_hub's ``ModelHubMixin.from_pretrained``: ``from_pretrained("ORG/NAME")``. ``repo_id`` may carry
+    the revision (``"ORG/NAME@SHA"``) or a ``hf-hub:`` prefix, as in timm; a local zoo folder works too.
+
+    Fetches ``config.json`` and ``model.safetensors`` (``hf_hub_download``: honours ``HF_ENDPOINT``,
+    ``HF_HUB_OFFLINE``, ``HF_HOME``) and builds the encoder from that folder, strictly, checking the weights
+    against the sha256 in ``config.json``. Every architecture loads this way, also those timm cannot build
+    (expansion block, CIFAR stem, other widths); for the others ``timm.create_model("hf-hub:ORG/NAME",
+    pretrained=True)`` gives the same features. (ModelHubMixin itself is not subclassed: its ``from_pretrained``
+    returns an instance of the mixin class, while a zoo encoder is a torchvision ResNet whose state-dict keys must
+    stay torchvision's / timm's.)"""
+    name = str(repo_id).removeprefix("hf-hub:")
+    if is_zoo_folder(name):
+        return create_model(Path(name), **arch_overrides)
+    if "@" in name:
+        name, _, at = name.partition("@")
+        if revision and revision != at:
+            raise WeightsError(f"{repo_id!r} names revision {at!r} but revision={revision!r}; give one")
+        revision = at
+    from huggingface_hub import hf_hub_download
+
+    try:
+        kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
+                  local_files_only=local_files_only)
+        config = Path(hf_hub_download(name, CONFIG_NAME, **kw))
+        weights = Path(hf_hub_download(name, WEIGHTS_NAME, **kw))
+    except Exception as e:  # offline, 404, auth, bad repo id: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightsError(f"cannot download {name}@{revision or 'main'} ({type(e).__name__}: {first}); check the "
+                           f"repo id and revision, HF_ENDPOINT and HF_HUB_OFFLINE") from None
+    if config.parent != weights.parent:  # one snapshot folder per revision; the same commit gives the same one
+        raise WeightsError(f"{name}: {CONFIG_NAME} and {WEIGHTS_NAME} came from different revisions; pin one")
+    cfg = read_config(config.parent)
+    if not {"arch", "preprocess", "sha256"} <= set(cfg):
+        raise WeightsError(f"{name} is not an ssl-zoo repository: its {CONFIG_NAME} has no 'arch' / 'preprocess' / "
+                           f"'sha256'" + (f"; it is a timm model: timm.create_model('hf-hub:{name}', "
+                                          f"pretrained=True)" if "architecture" in cfg else ""))
+    model = create_model(config.parent, **arch_overrides)
+    model.weights_source = f"hf: {weights}"
+    return model
 
 
 def get_preprocessor(name_or_folder: str | Path) -> Preprocess:

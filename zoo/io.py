@@ -4,10 +4,17 @@
 ``feature_dim``, ``preprocess`` (resize, crop, mean, std, interpolation, in_chans), ``method``,
 ``training`` (free-form provenance), ``format_version``. Every write goes to a temporary file in
 the target directory and is renamed into place, so a reader never sees a half-written file.
+
+For every architecture timm can build (a plain torchvision-layout ResNet-18/34/50 with the ImageNet stem:
+no expansion block, no CIFAR stem, base width 64) ``config.json`` also carries the keys timm's Hub loader
+reads (:func:`timm_config`: ``architecture``, ``num_classes`` 0, ``num_features``, ``pretrained_cfg``, and
+``model_args`` for a channel count other than 3), so a mirror of the folder loads with
+``timm.create_model("hf-hub:ORG/NAME", pretrained=True)``: the state dict keys are already timm's.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from pathlib import Path
 
@@ -39,14 +46,49 @@ def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict | No
         save_file(tensors, tmp, metadata=metadata)
 
 
+TIMM_ARCHS = ("resnet18", "resnet34", "resnet50")  # zoo.backbones.ARCHS that timm builds with the same keys
+
+
+def timm_config(arch: dict, preprocess: dict, feature_dim: int, license: str | None = None) -> dict | None:
+    """The ``config.json`` keys timm reads (``timm.models.load_model_config_from_hf``) for a zoo encoder with
+    ``arch`` (:func:`zoo.backbones.build_resnet` arguments) and ``preprocess`` (:class:`zoo.preprocess.Preprocess`
+    fields), or None when timm has no model with the same layer layout (expansion block, CIFAR stem, other
+    width): those load with :func:`zoo.hub.from_pretrained`. timm's model is headless (``num_classes`` 0), so
+    its output is the pooled feature; its eval transform (resize ``crop / crop_pct``, centre crop) is ours."""
+    if (arch.get("arch") not in TIMM_ARCHS or arch.get("stem", "imagenet") != "imagenet"
+            or not arch.get("maxpool", True) or arch.get("width", 64) != 64 or arch.get("expand_dim")):
+        return None
+    crop, resize = int(preprocess["crop"]), int(preprocess["resize"])
+    crop_pct = crop / resize
+    while math.floor(crop / crop_pct) < resize:  # timm resizes to floor(crop / crop_pct): land on `resize`
+        crop_pct = math.nextafter(crop_pct, 0.0)
+    chans = int(preprocess.get("in_chans", arch.get("in_chans", 3)))
+    pretrained_cfg = {"input_size": [chans, crop, crop], "interpolation": preprocess.get("interpolation", "bilinear"),
+                      "crop_pct": crop_pct, "crop_mode": "center", "mean": list(preprocess["mean"]),
+                      "std": list(preprocess["std"]), "num_classes": 0, "pool_size": [-(-crop // 32)] * 2,
+                      "first_conv": "conv1", "classifier": "fc", "fixed_input_size": False}
+    if license:
+        pretrained_cfg["license"] = license.lower()
+    keys = {"architecture": arch["arch"], "num_classes": 0, "num_features": int(feature_dim),
+            "pretrained_cfg": pretrained_cfg}
+    if chans != 3:
+        keys["model_args"] = {"in_chans": chans}
+    return keys
+
+
 def save_folder(state_dict: dict, config: dict, out_dir: str | Path) -> Path:
-    """Write a zoo folder; returns the weights path. Tensors are made contiguous and detached."""
+    """Write a zoo folder; returns the weights path. Tensors are made contiguous and detached. ``config.json``
+    gets timm's keys (:func:`timm_config`) when timm can represent the architecture."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     atomic_save_safetensors(tensors, out_dir / WEIGHTS_NAME,
                             {"format": "pt", "sslzoo_format_version": str(FORMAT_VERSION)})
-    cfg = dict(config, format_version=FORMAT_VERSION, sha256=sha256_file(out_dir / WEIGHTS_NAME))
+    timm_keys = None
+    if all(k in config for k in ("arch", "preprocess", "feature_dim")):
+        timm_keys = timm_config(config["arch"], config["preprocess"], config["feature_dim"], config.get("license"))
+    cfg = dict(timm_keys or {}, **config)
+    cfg.update(format_version=FORMAT_VERSION, sha256=sha256_file(out_dir / WEIGHTS_NAME))
     atomic_write_text(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out_dir / WEIGHTS_NAME
 
