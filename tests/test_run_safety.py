@@ -156,7 +156,8 @@ def test_duplicate_yaml_keys_and_syntax_errors_name_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"line 3: key 'optim' is given twice \(first on line 1\)"):
         load_recipe(str(p))
     p.write_text("method:\n  name: simclr\noptim: [lr: 0.1\n")
-    with pytest.raises(ConfigError, match=rf"{p}, line 4, column 1: not valid YAML \(.*expected ',' or '\]'"):
+    with pytest.raises(ConfigError, match=rf"{p}, line 4, column 1: not valid YAML \(expected ',' or '\]', but got "
+                                          r"'<stream end>'; while parsing a flow sequence at line 3, column 8\)"):
         load_recipe(str(p))
     p.write_text("method:\n  name: simclr\n   temperature: 0.2\n")
     with pytest.raises(ConfigError, match=rf"{p}, line 3, column \d+: not valid YAML"):

@@ -225,9 +225,11 @@ def read_yaml(path: str | Path) -> dict:
     try:
         raw = yaml.load(_named(text, path), Loader=RecipeLoader) or {}
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
+        mark, ctx = e.problem_mark or e.context_mark, e.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = " ".join(x for x in (e.context, e.problem) if x)
+        what = e.problem or e.context or "syntax error"
+        if e.context and e.problem and ctx is not None:
+            what += f"; {e.context} at line {ctx.line + 1}, column {ctx.column + 1}"
         raise ConfigError(f"{path}{where}: not valid YAML ({what}); fix the recipe") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None

@@ -72,10 +72,12 @@ class RunLock:
         self.out = Path(out)
         self.path = self.out / LOCK_NAME
         self.fd = None
+        self.created = False
 
     def acquire(self) -> "RunLock":
         import fcntl
 
+        self.created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -83,6 +85,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 os.close(fd)
+                self._undo_mkdir()
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
                 raise RunFolderError(f"--out {self.out} is in use by another training process "
@@ -98,6 +101,13 @@ class RunLock:
         os.write(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode())
         self.fd = fd
         return self
+
+    def _undo_mkdir(self) -> None:
+        if self.created:
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass
 
     def _holder(self) -> str:
         try:
@@ -115,6 +125,11 @@ class RunLock:
             pass
         os.close(self.fd)  # closing releases the flock
         self.fd = None
+        if self.created:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass  # not empty: the run's files
 
     def __enter__(self):
         return self.acquire()
