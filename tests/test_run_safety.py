@@ -268,3 +268,44 @@ def test_os_error_message_names_file_and_hint():
     e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/model.safetensors")
     assert os_error_message(e) == (f"{os.strerror(errno.ENOSPC)}: /x/model.safetensors; free some space or write "
                                    f"elsewhere (--out, $SSLZOO_HOME)")
+
+
+# ----------------------------------------------------------------------------- two processes, one --out
+
+
+def test_two_trainings_into_one_out_cannot_mix_files(tiny_npz, tmp_path):
+    """A second `sslzoo train` into a folder another process is training in is refused (with or without
+    --resume), and the first run ends with its own files only; then a SIGKILLed run's lock is taken over."""
+    import signal
+    import time
+
+    from sslzoo_runner import runner
+
+    out = tmp_path / "run"
+    sets = [f"data.dataset=npz:{tiny_npz}", "model.width=4", "model.in_chans=1", "augment.size=12",
+            "optim.batch_size=16", "optim.epochs=200", "optim.warmup_epochs=0", "method.proj_hidden_dim=16",
+            "method.proj_dim=8", "train.monitor_every_epochs=0", "train.log_every=1", "train.tensorboard=false",
+            "train.threads=1", "train.stop_at_step=60"]
+    args = ["train", "simclr_fashion_mnist_cpu", "--out", str(out), "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    run = runner()
+    first = run.start(*args)
+    deadline = time.monotonic() + 300
+    while not (out / "log.csv").is_file() or len((out / "log.csv").read_text().splitlines()) < 3:
+        assert run.poll(first) is None, first.err.read_text()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    fresh = run.run(*args[:-2], "--set", "optim.lr=0.1")  # a different run, no --resume
+    assert fresh.returncode == 2 and "already holds a run" in fresh.stderr, fresh.stderr
+    second = run.run(*args, "--resume")
+    assert second.returncode == 2, second.stderr
+    assert f"is in use by another training process (pid {first.pid} on " in second.stderr, second.stderr
+    run.kill(first, signal.SIGKILL)  # the lock file stays; the kernel released the flock
+    run.wait(first)
+    assert (out / LOCK_NAME).is_file()
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == first.pid
+    done = run.run(*args, "--resume", "--set", "train.stop_at_step=2")  # how it stops may change on resume
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / LOCK_NAME).exists()
+    assert load_recipe(str(out / "config.yaml"))["optim"]["lr"] != 0.1  # only the first run's recipe

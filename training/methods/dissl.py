@@ -41,16 +41,15 @@ def marginal_entropy(p: torch.Tensor, global_batch: bool = False) -> torch.Tenso
     maximal (``log C``) when the marginal is uniform. ``global_batch``: the marginal of the batch of
     every rank under torch.distributed (a sum all-reduced with gradients; equal per-rank batches).
 
-    ``-sum pm log(clamp(pm, eps))``, as upstream's ``Categorical(probs=pm).entropy()`` (which clamps the
-    probabilities to ``[eps, 1 - eps]`` before the log): the same value, and a finite gradient where a
-    cluster's marginal probability underflows to 0 (``xlogy``'s gradient there is ``-inf``, which turns
-    every weight into NaN while the loss itself stays finite)."""
+    ``-sum pm log(max(pm, eps))``, like upstream's ``Categorical(probs=pm).entropy()`` (which clamps the
+    probabilities before the log): the same value (exactly 0 for a collapsed marginal), and a finite
+    gradient where a cluster's marginal probability underflows to 0 (``xlogy``'s gradient there is
+    ``-inf``, which turns every weight into NaN while the loss itself stays finite)."""
     if global_batch and is_distributed():
         pm = all_reduce_sum(p.sum(0)) / (p.shape[0] * world_size())
     else:
         pm = p.mean(0)
-    eps = torch.finfo(pm.dtype).eps
-    return -(pm * torch.log(pm.clamp(eps, 1 - eps))).sum()
+    return -(pm * torch.log(pm.clamp(min=torch.finfo(pm.dtype).eps))).sum()
 
 
 def dissl_loss(teacher_logits: list[torch.Tensor], student_logits: list[torch.Tensor], *, lam: float = 2.3,
