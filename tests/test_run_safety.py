@@ -79,6 +79,7 @@ def test_out_that_is_a_file_is_refused(tiny_npz, tmp_path):
 
 def test_a_locked_run_folder_is_refused_and_a_stale_lock_taken_over(tiny_npz, tmp_path):
     out = tmp_path / "run"
+    out.mkdir()
     with RunLock(out):  # another training process (flock is per open file: the same process conflicts too)
         info = json.loads((out / LOCK_NAME).read_text())
         assert info["pid"] == os.getpid()
@@ -258,8 +259,10 @@ def test_lock_file_records_pid_and_is_removed(tmp_path):
             RunLock(tmp_path / "r").acquire()
     finally:
         lock.release()
+    assert not (tmp_path / "r").exists()  # the folder the lock created (nothing else was written) goes with it
+    (tmp_path / "r").mkdir()
+    RunLock(tmp_path / "r").acquire().release()  # free again; a folder that existed stays
     assert os.listdir(tmp_path / "r") == []
-    RunLock(tmp_path / "r").acquire().release()  # free again
 
 
 def test_os_error_message_names_file_and_hint():
