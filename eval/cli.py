@@ -33,7 +33,9 @@ def add_parsers(sub) -> None:
                    help="recompute the features and every probe result (ignore both caches)")
     p.add_argument("--force", action="store_true",
                    help="recompute probe results even when the results store has them (features stay cached)")
-    p.add_argument("--out", default=None, help="also write the table to OUT.md / OUT.csv / OUT.json")
+    p.add_argument("--out", default=None, help="also write the table to OUT (.md, .csv or .json: that file only; "
+                                                "no such suffix: OUT.md, OUT.csv and OUT.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out files that exist (refused otherwise)")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md",
                    help="md: one row per model, one column per protocol; csv/json: every field")
     p.add_argument("--feature-store", action="store_true",
@@ -44,6 +46,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("leaderboard", help="all stored results: one row per model x dataset x protocol")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
     p.add_argument("--out", default=None, help="also write the table to OUT (.md, .csv or .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out / --plot file that exists (refused otherwise)")
     p.add_argument("--plot", default=None, metavar="PATH.png",
                    help="write few-shot curves (accuracy vs labelled images per class, one line per model)")
     p.set_defaults(func=run_leaderboard)
@@ -51,13 +54,9 @@ def add_parsers(sub) -> None:
 
 def run_eval(args) -> int:
     from .run import evaluate, parse_probes
-    from .tables import make_table, render, render_summary, write_table
+    from .tables import make_table, render, render_summary, table_out_paths, write_table
 
-    out = None
-    if args.out:
-        out = check_out_path(args.out)
-        for suffix in (".md", ".csv", ".json"):
-            check_out_path(out.with_suffix(suffix))
+    outs = table_out_paths(args.out, args.overwrite) if args.out else []
     baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
     probes = parse_probes(args.probes)
     frozen = [p for p in probes if p not in PROTOCOLS]
@@ -87,9 +86,8 @@ def run_eval(args) -> int:
         for k in ("reused", "computed"):
             info[k] = info.get(k, 0) + protocol_info[k]
     df = make_table(rows)
-    if out is not None:
-        for suffix in (".md", ".csv", ".json"):
-            write_table(df, out.with_suffix(suffix))
+    for path in outs:
+        write_table(df, path)
     print(render_summary(df) if args.format == "md" else render(df, args.format))
     if args.format == "md":
         if frozen:
@@ -107,17 +105,21 @@ def run_eval(args) -> int:
 def run_leaderboard(args) -> int:
     from .plots import fewshot_points, plot_fewshot
     from .store import ResultStore, aggregate
-    from .tables import FORMATS, attach_reported, make_table, render, render_leaderboard, write_table
+    from .tables import FORMATS, attach_reported, make_table, render, render_leaderboard, table_out_paths, write_table
 
     out = plot = None
     if args.out:
         out = check_out_path(args.out)
         if out.suffix.lower() not in FORMATS:
             raise ValueError(f"--out {args.out}: cannot tell the table format; use a .md, .csv or .json suffix")
+        table_out_paths(out, args.overwrite)
     if args.plot:
         plot = check_out_path(args.plot, "--plot")
         if plot.suffix.lower() != ".png":
             raise ValueError(f"--plot {args.plot}: the plot is a PNG image; give a path ending in .png")
+        if plot.exists() and not args.overwrite:
+            raise ValueError(f"--plot {args.plot} already exists; pass --overwrite to replace it, or choose another "
+                             f"--plot")
     with ResultStore() as store:
         results = store.all()
     rows = attach_reported(aggregate(results))

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from zoo.base import UsageError, check_out_path
 from zoo.io import atomic_write_text
 
 from .stats import format_mean_std, is_missing
 
-__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table", "reported_metric",
+__all__ = ["REQUIRED", "FORMATS", "make_table", "render", "render_summary", "write_table", "table_out_paths", "reported_metric",
            "attach_reported", "render_leaderboard", "protocol_matches"]
 
 #: Columns every row must provide, in display order.
@@ -162,6 +163,21 @@ def write_table(df: pd.DataFrame, path) -> Path:
         raise ValueError(f"cannot tell the table format from {path.name!r}; use a .md, .csv or .json suffix")
     atomic_write_text(path, render(df, fmt))
     return path
+
+
+def table_out_paths(out, overwrite: bool = False, what: str = "--out") -> list[Path]:
+    """The files ``--out OUT`` writes: ``OUT`` alone when its suffix is ``.md``, ``.csv`` or ``.json``,
+    else ``OUT.md``, ``OUT.csv`` and ``OUT.json``. Checked before any work: each must be writable, and
+    an existing one is refused unless ``overwrite`` (a table never silently replaces a user's file)."""
+    p = check_out_path(out, what)
+    paths = [p] if p.suffix.lower() in FORMATS else [p.with_name(p.name + s) for s in FORMATS]
+    for q in paths:
+        check_out_path(q, what)
+    existing = [str(q) for q in paths if q.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{what} {out}: {', '.join(existing)} already exists; pass --overwrite to replace it, or "
+                         f"choose another {what}")
+    return paths
 
 
 def render_summary(df: pd.DataFrame) -> str:

@@ -649,3 +649,215 @@ if __name__ == "__main__":
     import sys
 
     sys.stdout.write(_write_doc(sys.argv[1]))
+
+
+# ----------------------------------------------------------------------------- issue 17a: runs and user files
+# never destroyed, training that means nothing, every error one line. These cases start from files a user (or
+# an earlier run) already has, outside tmp/out; after the refused command every one of them must be byte for
+# byte what it was. Registered in CASES (the catalogue and docs/bad-inputs.md) and run by the test below.
+
+CASES_17A = []
+HELD_LOCKS = []
+
+
+def case17a(pattern, cmd="eval"):
+    def deco(fn):
+        case(pattern, cmd)(fn)
+        CASES_17A.append(fn.__name__)
+        return fn
+    return deco
+
+
+def _fake_run(folder: Path, cfg: dict | None = None) -> Path:
+    """A run folder as `sslzoo train` leaves it (a checkpoint holding its recipe), plus a user's file."""
+    from training.config import load_recipe
+
+    folder.mkdir(parents=True)
+    cfg = cfg or load_recipe("simclr_fashion_mnist_cpu", ["model.width=4"])
+    torch.save({"config": cfg, "step": 3}, folder / "checkpoint.pt")
+    (folder / "config.yaml").write_text("name: my-run\n")
+    (folder / "log.csv").write_text("step,epoch,loss\n1,0,3.9\n")
+    (folder / "export").mkdir()
+    (folder / "export" / "model.safetensors").write_bytes(b"weights of a finished run")
+    (folder / "notes.md").write_text("hand-written notes")
+    return folder
+
+
+def _train_into(tmp, folder, *sets, recipe="simclr_fashion_mnist_cpu", data=None):
+    args = _train(tmp, *sets, recipe=recipe, data=data)
+    args[args.index("--out") + 1] = str(folder)
+    return args
+
+
+@case17a(r"--out .*run already holds a run \(checkpoint\.pt, config\.yaml, log\.csv, export\); continue it with "
+         r"--resume, replace it with --overwrite, or choose another --out", cmd="train")
+def train_into_existing_run_without_resume(tmp):
+    return _train_into(tmp, _fake_run(tmp / "run"), "optim.batch_size=8")
+
+
+@case17a(r"--resume: the run in .*run was started with recipe 'simclr_resnet18w16_fashion_mnist' \(method simclr\), "
+         r"not recipe 'dcl_resnet18w16_fashion_mnist' \(method dcl\); they differ in .*resume with the run's own "
+         r"recipe", cmd="train")
+def train_resume_with_another_recipe(tmp):
+    from training.config import load_recipe
+
+    data = npz(tmp / "good.npz", **good_arrays())
+    cfg = load_recipe("simclr_fashion_mnist_cpu", [f"data.dataset={data}", "model.width=4", "optim.batch_size=8"])
+    run = _fake_run(tmp / "run", cfg)
+    return _train_into(tmp, run, "optim.batch_size=8", recipe="dcl_fashion_mnist_cpu", data=data) + ["--resume"]
+
+
+@case17a(r"--resume continues the run in --out and --overwrite replaces it; give one of them", cmd="train")
+def train_resume_and_overwrite(tmp):
+    return _train_into(tmp, _fake_run(tmp / "run"), "optim.batch_size=8") + ["--resume", "--overwrite"]
+
+
+@case17a(r"--out .*afile is a file; give a folder", cmd="train")
+def train_out_is_a_file(tmp):
+    (tmp / "afile").write_bytes(b"not a run folder")
+    return _train_into(tmp, tmp / "afile", "optim.batch_size=8")
+
+
+@case17a(r"--out .*run is in use by another training process \(pid \d+ on .*train\.lock\); wait for it to end",
+         cmd="train")
+def train_into_a_locked_run_folder(tmp):
+    from training.runfolder import RunLock
+
+    HELD_LOCKS.append(RunLock(tmp / "run").acquire())  # another process training there (released by the test)
+    return _train_into(tmp, tmp / "run", "optim.batch_size=8") + ["--resume"]
+
+
+@case17a(r"train\.max_steps=-5 trains nothing; it must be >= 1 \(null: no step limit\)", cmd="train")
+def train_negative_max_steps(tmp):
+    return _train(tmp, "optim.batch_size=8", "train.max_steps=-5")
+
+
+@case17a(r"optim\.epochs=0 trains nothing; it must be >= 1", cmd="train")
+def train_zero_epochs(tmp):
+    return _train(tmp, "optim.batch_size=8", "optim.epochs=0")
+
+
+@case17a(r"optim\.batch_size=1 is too small for simclr: a contrastive loss needs negatives: with 1 image per batch "
+         r"it is 0 and trains nothing; use >= 2", cmd="train")
+def train_simclr_batch_of_one(tmp):
+    return _train(tmp, "optim.batch_size=1")
+
+
+@case17a(r"optim\.batch_size=1 is too small for barlow: the cross-correlation is normalised over the batch",
+         cmd="train")
+def train_barlow_batch_of_one(tmp):
+    return _train(tmp, "optim.batch_size=1", "method.name=barlow")
+
+
+@case17a(r"override 'optim\.lr=' has no value; write optim\.lr=VALUE", cmd="train")
+def train_override_with_empty_value(tmp):
+    return _train(tmp, "optim.lr=")
+
+
+@case17a(r"r\.yaml, line 5: key 'lr' is given twice \(first on line 3\); keep one", cmd="train")
+def train_recipe_with_duplicate_key(tmp):
+    (tmp / "r.yaml").write_text("base: simclr_fashion_mnist_cpu\noptim:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n")
+    return _train(tmp, recipe=str(tmp / "r.yaml"))
+
+
+@case17a(r"r\.yaml, line 4, column 1: not valid YAML \(expected ',' or '\]', but got '<stream end>'; while parsing a "
+         r"flow sequence at line 3, column 7\); fix the recipe", cmd="train")
+def train_recipe_yaml_syntax_error(tmp):
+    (tmp / "r.yaml").write_text("base: simclr_fashion_mnist_cpu\noptim:\n  lr: [0.1\n")
+    return _train(tmp, recipe=str(tmp / "r.yaml"))
+
+
+@case17a(r"--device cuda: no CUDA GPU is available on this machine .*; use --device cpu", cmd="train")
+def train_on_cuda_without_gpu(tmp):
+    return _train(tmp, "optim.batch_size=8") + ["--device", "cuda"]
+
+
+@case17a(r"--device 'gpu0' is not a device; use cpu or cuda", cmd="train")
+def train_on_a_device_that_is_not_one(tmp):
+    return _train(tmp, "optim.batch_size=8") + ["--device", "gpu0"]
+
+
+@case17a(r"(Operation not permitted|Read-only file system|Permission denied): /sys/sslzoo-17a-run.*; (choose a folder "
+         r"you can write to|the file system is read-only)", cmd="train")
+def train_out_not_writable(tmp):
+    return _train_into(tmp, Path("/sys/sslzoo-17a-run"), "optim.batch_size=8")
+
+
+@case17a(r"--out .*conv already holds model\.safetensors, config\.json; pass --overwrite to replace them \(other "
+         r"files there are kept\)", cmd="convert")
+def convert_into_a_folder_with_converted_files(tmp):
+    model_folder(tmp / "conv")
+    (tmp / "conv" / "notes.md").write_text("mine")
+    return ["tiny", "--format", "solo-learn", "--checkpoint", str(tmp / "any.ckpt"), "--out", str(tmp / "conv")]
+
+
+@case17a(r"--out .*afile is a file; give a folder", cmd="convert")
+def convert_out_is_a_file(tmp):
+    (tmp / "afile").write_bytes(b"mine")
+    return ["tiny", "--format", "solo-learn", "--checkpoint", str(tmp / "any.ckpt"), "--out", str(tmp / "afile")]
+
+
+@case17a(r"--out .*report\.csv: .*report\.csv already exists; pass --overwrite to replace it")
+def eval_out_exists(tmp):
+    (tmp / "reports").mkdir()
+    (tmp / "reports" / "report.csv").write_text("a report I wrote\n")
+    (tmp / "reports" / "report.md").write_text("# my notes\n")
+    args = _eval(tmp)
+    args[args.index("--out") + 1] = str(tmp / "reports" / "report.csv")
+    return args
+
+
+@case17a(r"--out .*table: .*table\.md already exists; pass --overwrite", cmd="finetune")
+def finetune_out_exists(tmp):
+    (tmp / "reports").mkdir()
+    (tmp / "reports" / "table.md").write_text("# mine\n")
+    return ["--model", str(model_folder(tmp / "model")), "--dataset", npz(tmp / "good.npz", **good_arrays()),
+            "--out", str(tmp / "reports" / "table")]
+
+
+@case17a(r"--out .*lb\.md: .*lb\.md already exists; pass --overwrite", cmd="leaderboard")
+def leaderboard_out_exists(tmp):
+    (tmp / "reports").mkdir()
+    (tmp / "reports" / "lb.md").write_text("# mine\n")
+    return ["--out", str(tmp / "reports" / "lb.md")]
+
+
+@case17a(r"--plot .*curves\.png already exists; pass --overwrite", cmd="leaderboard")
+def leaderboard_plot_exists(tmp):
+    (tmp / "reports").mkdir()
+    (tmp / "reports" / "curves.png").write_bytes(b"\x89PNG my figure")
+    return ["--plot", str(tmp / "reports" / "curves.png")]
+
+
+@pytest.mark.parametrize("name", CASES_17A)
+def test_bad_input_keeps_every_file(name, tmp_path):
+    """As test_bad_input, and every file that existed before the command is byte for byte unchanged."""
+    if name == "train_on_cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if name == "train_out_not_writable" and os.access("/sys", os.W_OK) and not Path("/sys/class").is_dir():
+        pytest.skip("no sysfs here")
+    cmd, pattern, build, _ = CASES[name]
+    (tmp_path / "out").mkdir()
+    try:
+        argv = build(tmp_path)
+        before = {f: (tmp_path / f).read_bytes() for f in _files(tmp_path) if (tmp_path / f).is_file()}
+        env = {"SSLZOO_HOME": str(tmp_path / "home"), "SSLZOO_DATA": str(tmp_path / "data")}
+        r = runner().run(cmd, *argv, env=env)
+        after = {f: (tmp_path / f).read_bytes() for f in _files(tmp_path) if (tmp_path / f).is_file()}
+    finally:
+        while HELD_LOCKS:
+            HELD_LOCKS.pop().release()
+    lines = error_lines(r.stderr)
+    assert r.returncode != 0, f"exit 0 for {name}: {r.stdout[-500:]}"
+    assert len(lines) == 1, f"{name}: stderr is not one line:\n{r.stderr[-3000:]}"
+    assert re.search(pattern, lines[0]), f"{name}: {lines[0]!r} does not match {pattern!r}"
+    assert lines[0].startswith(f"sslzoo {cmd}: error: ")
+    assert os.listdir(tmp_path / "out") == [], f"{name} wrote {os.listdir(tmp_path / 'out')}"
+    changed = [f for f in before if after.get(f) != before[f]]
+    assert not changed, f"{name} changed or removed {changed}"
+    new = set(after) - set(before)
+    assert not [f for f in new if not f.startswith("home/")], f"{name} wrote {new}"
+    if os.environ.get("SSLZOO_BAD_INPUTS_LOG"):
+        with open(os.environ["SSLZOO_BAD_INPUTS_LOG"], "a") as f:
+            f.write(json.dumps({"case": name, "command": cmd, "rc": r.returncode,
+                                "message": lines[0].replace(str(tmp_path), "<tmp>")}) + "\n")

@@ -69,12 +69,24 @@ def test_eval_folder_model_on_image_folder(image_folder, model_folder, tmp_path)
         (model_folder / "config.json").read_text())["sha256"]
     # the same evaluation again: every result comes from the store, the table is the same
     first = out.with_suffix(".json").read_text()
-    again = sslzoo("eval", "--model", str(model_folder), "--dataset", f"folder:{image_folder}", "--shots", "1,2",
-                   "--seeds", "0,1,2", "--baselines", "pixels", "--out", str(out))
+    args = ("eval", "--model", str(model_folder), "--dataset", f"folder:{image_folder}", "--shots", "1,2", "--seeds",
+            "0,1,2", "--baselines", "pixels", "--out", str(out))
+    files = {p: p.read_bytes() for p in tmp_path.glob("table.*")}
+    assert sorted(p.name for p in files) == ["table.csv", "table.json", "table.md"]
+    refused = sslzoo(*args)  # the tables exist: replaced only when asked
+    assert refused.returncode == 2 and "already exists; pass --overwrite" in refused.stderr
+    assert {p: p.read_bytes() for p in tmp_path.glob("table.*")} == files
+    again = sslzoo(*args, "--overwrite")
     assert again.returncode == 0, again.stderr
     n = 2 * (1 + 2 + 2 * 3)  # (linear + 2 kNN + 2 shots x 3 seeds) x (model + pixels)
     assert f"{n} of {n} results came from the results store" in again.stdout
     assert out.with_suffix(".json").read_text() == first
+    # --out with a table suffix writes that file only: a report.md beside it is not the command's to replace
+    (tmp_path / "report.md").write_text("# my own report\n")
+    only = sslzoo(*args[:-1], str(tmp_path / "report.csv"))
+    assert only.returncode == 0, only.stderr
+    assert (tmp_path / "report.md").read_text() == "# my own report\n" and not (tmp_path / "report.json").exists()
+    assert "pixels" in (tmp_path / "report.csv").read_text()
     lb = sslzoo("leaderboard", "--format", "csv")
     assert lb.returncode == 0 and "pixels" in lb.stdout
     lb = sslzoo("leaderboard")
@@ -116,3 +128,57 @@ def test_list_and_info():
     assert "simclr_resnet18w16_fashion_mnist" in names
     r = sslzoo("info", "simclr_resnet18w16_fashion_mnist")
     assert r.returncode == 0 and "bundled" in r.stdout
+
+
+# ----------------------------------------------------------------------------- the one handler (issue 17a)
+
+
+def test_closed_stdout_exits_quietly():
+    """`sslzoo list | head`: the reader went away; no traceback, no message, exit 141 (128 + SIGPIPE)."""
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # the reader is gone before the first write
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "training", "list", "--format", "json"], stdout=w_fd,
+                       stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=300)
+    os.close(w_fd)
+    assert p.returncode == 141 and p.stderr == "", p.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (ENOSPC on every write)")
+def test_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        p = subprocess.run([sys.executable, "-m", "training", "list"], stdout=full, stderr=subprocess.PIPE, text=True,
+                           env=env, cwd=ROOT, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert lines[0] == (f"sslzoo list: error: {os.strerror(28)}; free some space or write elsewhere (--out, "
+                        f"$SSLZOO_HOME)")
+
+
+def test_disk_full_during_training_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """ENOSPC on the run's first write (simulated): one line naming the file, exit 1, the lock released and
+    the folder the run created removed again."""
+    import errno
+
+    import training.trainer as trainer
+    from training.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", train_image=rng.integers(0, 256, (16, 12, 12), dtype=np.uint8),
+             train_label=np.repeat(np.arange(2), 8), test_image=rng.integers(0, 256, (4, 12, 12), dtype=np.uint8),
+             test_label=np.arange(4) % 2)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(trainer, "atomic_write_text", full)
+    out = tmp_path / "run"
+    rc = main(["train", "simclr_fashion_mnist_cpu", "--out", str(out), "--device", "cpu", "--set",
+               f"data.dataset=npz:{tmp_path / 'd.npz'}", "--set", "model.width=4", "--set", "optim.batch_size=8",
+               "--set", "train.tensorboard=false"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "step/s" not in ln and "%|" not in ln]
+    assert rc == 1 and len(err) == 1, err
+    assert err[0] == (f"sslzoo train: error: {os.strerror(errno.ENOSPC)}: {out / 'config.yaml'}; free some space or "
+                      f"write elsewhere (--out, $SSLZOO_HOME)")
+    assert not out.exists()

@@ -462,10 +462,31 @@ def test_infer_arch_and_formats_listed():
         assert r.weights.upstream_format in (None, *FORMATS)
 
 
-def test_existing_output_that_is_not_a_zoo_folder_is_kept(solo_ckpt, tmp_path):
+def test_convert_writes_only_its_files_and_never_replaces_without_overwrite(solo_ckpt, tmp_path):
+    """--out is a user's folder: convert writes model.safetensors, config.json, README.md (heads.safetensors)
+    into it and nothing else; other files and hand edits survive byte for byte; its own files are replaced
+    only with overwrite."""
     _, path = solo_ckpt
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(WeightsError, match="not a zoo folder"):
-        convert("w", path, tmp_path / "out", fmt="solo-learn", preprocess=PRE32, quiet=True)
-    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_bytes(b"mine\x00\xff")
+    (out / "sub").mkdir()
+    (out / "sub" / "eval.csv").write_text("a,b\n")
+    convert("w", path, out, fmt="solo-learn", preprocess=PRE32, quiet=True)
+    assert (out / "notes.txt").read_bytes() == b"mine\x00\xff" and (out / "sub" / "eval.csv").read_text() == "a,b\n"
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    (out / "README.md").write_text("hand-edited card")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(WeightsError, match=r"--out .*out already holds model\.safetensors, heads\.safetensors, README\.md, "
+                                           r"config\.json; pass --overwrite to replace them \(other files there are kept\)"):
+        convert("w", path, out, fmt="solo-learn", preprocess=PRE32, quiet=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # byte for byte
+    assert not list(tmp_path.glob(".out*"))
+    convert("w", path, out, fmt="solo-learn", preprocess=PRE32, quiet=True, overwrite=True)
+    assert (out / "README.md").read_text() != "hand-edited card"  # replaced: it was asked for
+    assert (out / "notes.txt").read_bytes() == b"mine\x00\xff" and (out / "sub" / "eval.csv").read_text() == "a,b\n"
+    f = tmp_path / "afile"
+    f.write_bytes(b"x")
+    with pytest.raises(WeightsError, match=r"--out .*afile is a file; give a folder"):
+        convert("w", path, f, fmt="solo-learn", preprocess=PRE32, quiet=True)
+    assert f.read_bytes() == b"x"

@@ -11,7 +11,7 @@ import sys
 
 from eval.cli import DEFAULT_DATASET, DEFAULT_MODEL
 from eval.cli import add_parsers as add_eval
-from zoo.base import check_out_path, parse_int_list
+from zoo.base import parse_int_list
 from zoo.cli import add_parsers as add_zoo
 from zoo.cli import run_cli
 
@@ -24,7 +24,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optim.lr=0.3 (repeatable)")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.csv, export/)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint.pt (with "
+                                                         "the run's own recipe)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT (its checkpoint, logs and export are deleted); without it "
+                        "an existing run is refused")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run_train)
 
@@ -49,30 +53,27 @@ def add_finetune_parser(sub) -> None:
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="recompute results the results store already has")
-    p.add_argument("--out", default=None, help="also write the table to OUT.md / OUT.csv / OUT.json")
+    p.add_argument("--out", default=None, help="also write the table to OUT (.md, .csv or .json: that file only; "
+                                                "no such suffix: OUT.md, OUT.csv and OUT.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out files that exist (refused otherwise)")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
     p.set_defaults(func=run_finetune)
 
 
 def run_finetune(args) -> int:
-    from eval.tables import make_table, render, render_summary, write_table
+    from eval.tables import make_table, render, render_summary, table_out_paths, write_table
 
     from .finetune import PROTOCOL_NOTE, evaluate_finetune, parse_fractions, parse_lrs
 
-    out = None
-    if args.out:
-        out = check_out_path(args.out)
-        for suffix in (".md", ".csv", ".json"):
-            check_out_path(out.with_suffix(suffix))
+    outs = table_out_paths(args.out, args.overwrite) if args.out else []
     info: dict = {}
     rows = evaluate_finetune(args.model, args.dataset, fractions=parse_fractions(args.fractions),
                              seeds=parse_int_list(args.seeds, "--seeds"), lrs=parse_lrs(args.lrs), epochs=args.epochs,
                              batch_size=args.batch_size, val_fraction=args.val_fraction, precision=args.precision,
                              root=args.root, download=args.download, device=args.device, force=args.force, info=info)
     df = make_table(rows)
-    if out is not None:
-        for suffix in (".md", ".csv", ".json"):
-            write_table(df, out.with_suffix(suffix))
+    for path in outs:
+        write_table(df, path)
     print(render_summary(df) if args.format == "md" else render(df, args.format))
     if args.format == "md":
         print(PROTOCOL_NOTE)
@@ -93,7 +94,7 @@ def run_train(args) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     D.init_from_env(args.device)
     try:
-        path = Trainer(cfg, args.out, device=args.device).fit(resume=args.resume)
+        path = Trainer(cfg, args.out, device=args.device).fit(resume=args.resume, overwrite=args.overwrite)
         if D.is_main():
             if path.name == "checkpoint.pt":
                 print(f"checkpoint {path} (continue with --resume)")

@@ -161,17 +161,21 @@ _FRACTIONAL_OK = {"optim.warmup_epochs"}
 
 
 def parse_override(item: str) -> dict:
-    """``"optim.lr=0.1"`` -> ``{"optim": {"lr": 0.1}}`` (value parsed as YAML)."""
+    """``"optim.lr=0.1"`` -> ``{"optim": {"lr": 0.1}}`` (value parsed as YAML; ``null`` for None)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     key, _, raw = item.partition("=")
+    if not raw.strip():
+        raise ConfigError(f"override {item!r} has no value; write {key.strip()}=VALUE ({key.strip()}=null for none)")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=RecipeLoader)
     except yaml.YAMLError:
         value = raw
     node: dict = {}
     cur = node
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: {key.strip()!r} is not a section.key name")
     for p in parts[:-1]:
         cur[p] = {}
         cur = cur[p]
@@ -191,14 +195,56 @@ def resolve_recipe_path(recipe: str) -> Path:
     raise ConfigError(f"recipe {recipe!r} not found (a YAML path or a name in training/recipes/){hint}")
 
 
-def _read_yaml(path: Path) -> dict:
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would let the last one
+    silently win), naming the file and both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error says so
+            if key in seen:
+                where = key_node.start_mark
+                raise ConfigError(f"{where.name}, line {where.line + 1}: key {key!r} is given twice (first on line "
+                                  f"{seen[key] + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A recipe file as a mapping; syntax errors and duplicate keys are one line with the file and line."""
+    path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe {path} ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        raw = yaml.load(_named(text, path), Loader=RecipeLoader) or {}
+    except yaml.MarkedYAMLError as e:
+        mark, ctx = e.problem_mark or e.context_mark, e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = e.problem or e.context or "syntax error"
+        if e.context and e.problem and ctx is not None:
+            what += f"; {e.context} at line {ctx.line + 1}, column {ctx.column + 1}"
+        raise ConfigError(f"{path}{where}: not valid YAML ({what}); fix the recipe") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (method, model, data, ...)")
     return raw
+
+
+def _named(text: str, path: Path):
+    """A stream whose marks carry the file name (PyYAML reads ``.name`` from the stream)."""
+    import io
+
+    stream = io.StringIO(text)
+    stream.name = str(path)
+    return stream
 
 
 def _merge_raw(base: dict, new: dict) -> dict:
@@ -230,7 +276,7 @@ def _resolve_bases(raw: dict, here: Path | None, seen: tuple = ()) -> dict:
     key = str(path.resolve())
     if key in seen:
         raise ConfigError(f"recipe 'base' links form a cycle through {path}")
-    base = _resolve_bases(_read_yaml(path), path.parent, seen + (key,))
+    base = _resolve_bases(read_yaml(path), path.parent, seen + (key,))
     return _merge_raw(base, raw)
 
 
@@ -239,13 +285,34 @@ def load_recipe(recipe: str | dict, overrides: list[str] | None = None) -> dict:
         raw = _resolve_bases(recipe, None)
     else:
         path = resolve_recipe_path(recipe)
-        raw = _resolve_bases(_read_yaml(path), path.parent, (str(path.resolve()),))
+        raw = _resolve_bases(read_yaml(path), path.parent, (str(path.resolve()),))
     layers = [parse_override(item) for item in overrides or []]
     cfg = _merge(DEFAULTS, _preset_layer([raw] + layers))
     cfg = _merge(cfg, raw)
     for layer in layers:
         cfg = _merge(cfg, layer)
     return cfg
+
+
+def check_trainable(cfg: dict) -> None:
+    """Refuse, before anything is written, a recipe whose training would mean nothing: no steps
+    (``train.max_steps``, ``train.stop_at_step`` or ``optim.epochs`` below 1), a learning rate that is
+    not positive, or a batch too small for the method's loss (``min_batch_size`` of its class)."""
+    t, o = cfg["train"], cfg["optim"]
+    for path, value, none in (("train.max_steps", t["max_steps"], "null: no step limit"),
+                              ("train.stop_at_step", t["stop_at_step"], "null: train to the end"),
+                              ("optim.epochs", o["epochs"], "null: a step budget of train.max_steps")):
+        if value is not None and value < 1:
+            raise ConfigError(f"{path}={value} trains nothing; it must be >= 1 ({none})")
+    if o["lr"] is None or not o["lr"] > 0:
+        raise ConfigError(f"optim.lr={o['lr']} trains nothing; it must be > 0")
+    if o["batch_size"] is None or o["batch_size"] < 1:
+        raise ConfigError(f"optim.batch_size={o['batch_size']} must be >= 1")
+    cls = METHODS.get(cfg["method"]["name"])
+    need = getattr(cls, "min_batch_size", 1)
+    if cls is not None and o["batch_size"] < need:
+        raise ConfigError(f"optim.batch_size={o['batch_size']} is too small for {cfg['method']['name']}: "
+                          f"{getattr(cls, 'min_batch_reason', 'its loss needs a larger batch')}; use >= {need}")
 
 
 def _preset_layer(layers: list) -> dict:

@@ -38,11 +38,12 @@ from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
-from .config import ConfigError
+from .config import ConfigError, check_trainable
 from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
 from .methods import METHODS
 from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
+from .runfolder import RunFolderError, RunLock, check_run_folder, check_same_recipe, remove_run_files
 
 __all__ = ["Trainer", "TrainingError", "build_model", "build_optimizer", "build_view_augments", "warmup_cosine"]
 
@@ -281,6 +282,8 @@ class Trainer:
             msg = (str(e).strip().splitlines() or [""])[0][:200]
             raise TrainingError(f"cannot read checkpoint {path} ({type(e).__name__}: {msg}); delete it to start "
                                 f"over, or restore a good copy") from None
+        if isinstance(ck, dict) and isinstance(ck.get("config"), dict):
+            check_same_recipe(ck["config"], self.cfg, self.out)  # the run's own recipe, or nothing is loaded
         try:
             self.model.load_state_dict(ck["model"], strict=True)
             self.opt.load_state_dict(ck["optimizer"])
@@ -310,21 +313,24 @@ class Trainer:
                        f"step continue; augmentation streams re-seeded")
 
     # ------------------------------------------------------------------ loop
-    def fit(self, resume: bool = False) -> Path:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> Path:
         """Train to the end (or ``train.stop_at_step``) and export. Under torchrun every rank calls it:
         ``optim.batch_size`` is the global batch, each rank augments and encodes its slice of every
         global batch (the same permutation on every rank, seeded by seed and epoch: the
-        ``DistributedSampler`` scheme), rank 0 alone writes logs, checkpoints and the export."""
+        ``DistributedSampler`` scheme), rank 0 alone writes logs, checkpoints and the export.
+
+        The run folder (:mod:`training.runfolder`): a folder that already holds a run is refused unless
+        ``resume`` (continue it, with its own recipe) or ``overwrite`` (replace it); the folder is locked
+        while this process (rank 0 under torchrun) trains in it."""
         cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
-        main = self.rank == 0
         # bad data, sizes, schedules and checkpoints fail before anything is written
+        check_trainable(cfg)
         x, y = self.load_data()
         n = self.epoch_size(x)
         bs = o["batch_size"]
         if bs % self.world:
             raise ConfigError(f"optim.batch_size {bs} (the global batch) is not divisible by the {self.world} "
                               f"processes; use a multiple of {self.world}")
-        local_bs = bs // self.world
         steps_per_epoch = n // bs
         if steps_per_epoch == 0:
             raise ConfigError(f"batch_size {bs} is larger than the dataset ({n} images); lower optim.batch_size")
@@ -342,6 +348,45 @@ class Trainer:
             warmup = steps_per_epoch * o["warmup_epochs"] if o["warmup_steps"] is None else int(o["warmup_steps"])
         lr_multiplier(o["schedule"], 0, total, warmup)
         self.steps_per_epoch = steps_per_epoch
+        lock = self._claim_folder(resume, overwrite)
+        try:
+            return self._fit(x, y, n, total, warmup, resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _claim_folder(self, resume: bool, overwrite: bool) -> RunLock | None:
+        """Rank 0 checks the run folder, locks it and (``overwrite``) removes the previous run's files;
+        every rank learns the outcome, so all fail together. Returns rank 0's lock."""
+        lock, error = None, None
+        if self.rank == 0:
+            try:
+                check_run_folder(self.out, resume, overwrite)
+                lock = RunLock(self.out).acquire()
+                saved = self.out / "config.yaml"
+                if resume and saved.is_file() and not (self.out / "checkpoint.pt").is_file():
+                    # a run stopped before its first checkpoint (the checkpoint's own config is checked on resume)
+                    check_same_recipe(yaml.safe_load(saved.read_text()) or {}, self.cfg, self.out)
+                if overwrite:
+                    remove_run_files(self.out)
+            except BaseException as e:  # noqa: BLE001 -- re-raised below, after the other ranks are told
+                error = e
+                if lock is not None:
+                    lock.release()
+                    lock = None
+        message = D.broadcast_object(None if error is None else str(error)) if self.world > 1 else None
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunFolderError(message)
+        return lock
+
+    def _fit(self, x, y, n, total, warmup, resume) -> Path:
+        cfg, t, o = self.cfg, self.cfg["train"], self.cfg["optim"]
+        main = self.rank == 0
+        bs = o["batch_size"]
+        local_bs = bs // self.world
+        steps_per_epoch = self.steps_per_epoch
         ckpt = self.out / "checkpoint.pt"
         start_epoch, start_batch = 0, 0
         if resume and ckpt.is_file():
@@ -454,11 +499,25 @@ class Trainer:
                                 f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if hasattr(self.model, "loss_terms"):
+            self.model.loss_terms = {}  # the graph's terms are only needed by a diagnosis, which recomputes them
+        params = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+        bad = _first_nonfinite([(n, p.grad) for n, p in params])
+        if bad is not None:  # under torchrun the gradients are all-reduced: every rank stops here together
+            raise TrainingError(f"non-finite gradient at step {self.step} (epoch {epoch}) while the loss is "
+                                f"{shown.item():.4g}: {self._gradient_cause(views, params, bad)}; nothing was "
+                                f"updated and the last good checkpoint is kept in {ckpt}; lower optim.lr or set "
+                                f"optim.grad_clip_norm, then --resume")
         if o["grad_clip_value"] is not None:
             torch.nn.utils.clip_grad_value_(self.model.parameters(), o["grad_clip_value"])
         if o["grad_clip_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), o["grad_clip_norm"])
         self.opt.step()
+        bad = _first_nonfinite([(n, p.detach()) for n, p in params])
+        if bad is not None:
+            raise TrainingError(f"weight {bad} became non-finite in the optimiser step at step {self.step} (epoch "
+                                f"{epoch}) although its gradient was finite; the last good checkpoint is kept in "
+                                f"{ckpt}; lower optim.lr, then --resume")
         end_hook = getattr(self.model, "on_train_step", None)
         if end_hook is not None:
             end_hook(self.step, total)
@@ -477,6 +536,31 @@ class Trainer:
                     self.tb.add_scalar(f"train/{k}", float(v), self.step)
         return due
 
+    def _gradient_cause(self, views, params, first: str) -> str:
+        """Which loss term gives a non-finite gradient: the step's forward is run again (single process)
+        and each term the method exposes (``model.loss_terms``: weighted terms summing to the loss) is
+        differentiated on its own. Only called when the step is abandoned anyway."""
+        where = f"first in {first}"
+        if self.world > 1:
+            return where
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["train"]["bf16"]):
+            self.ddp(views)
+        terms = getattr(self.model, "loss_terms", None) or {}
+        if not terms:
+            return f"{where} (method {self.cfg['method']['name']} exposes no separate loss terms)"
+        tensors = [p for _, p in params]
+        culprits = []
+        for name, term in terms.items():
+            if not term.requires_grad:
+                continue
+            grads = torch.autograd.grad(term, tensors, retain_graph=True, allow_unused=True)
+            if _first_nonfinite([(n, g) for (n, _), g in zip(params, grads) if g is not None]) is not None:
+                culprits.append(name)
+        self.model.loss_terms = {}
+        if not culprits:
+            return f"{where} (no single loss term of {', '.join(terms)} is non-finite on its own)"
+        return f"from loss term {', '.join(culprits)} ({where})"
+
     def export(self) -> Path:
         """Write the backbone as a zoo folder ``OUT/export`` (model.safetensors + config.json)."""
         cfg = self.cfg
@@ -491,6 +575,19 @@ class Trainer:
                   "preprocess": pre, "method": cfg["method"]["name"],
                   "training": {"recipe": cfg, "steps": self.step, "description": cfg["export"]["description"]}}
         return save_folder(sd, config, self.out / "export")
+
+
+def _first_nonfinite(named: list) -> str | None:
+    """The name of the first tensor of ``(name, tensor)`` pairs holding NaN or inf, else None (one sync).
+    Each tensor's min and max (NaN propagates into both): one pass without a temporary, ~20x cheaper
+    than ``isfinite(t).all()`` on a CPU."""
+    named = [(n, t) for n, t in named if t.numel()]
+    if not named:
+        return None
+    ok = torch.isfinite(torch.stack([torch.stack(torch.aminmax(t.detach())).float() for _, t in named])).all(1)
+    if bool(ok.all()):
+        return None
+    return named[int((~ok).nonzero()[0, 0])][0]
 
 
 def _split_tensor(split, spec: str) -> torch.Tensor:

@@ -29,8 +29,10 @@ Pickles are opened only with ``torch.load(weights_only=True)``; references to Li
 classes (hyper-parameter dicts, callback keys) are replaced by inert stand-ins whose code never runs, and any
 other global (``os.system``, ``builtins.eval`` ...) refuses the file.
 
-Output (written to a temporary folder beside ``--out``, then renamed into place): ``model.safetensors``
-(backbone only), ``config.json``, ``heads.safetensors`` when the checkpoint has heads, ``README.md`` (card).
+Output (written to a temporary folder beside ``--out``, then each file renamed into place, ``config.json``
+last): ``model.safetensors`` (backbone only), ``config.json``, ``heads.safetensors`` when the checkpoint has
+heads, ``README.md`` (card). Only these files (:data:`OUTPUT_NAMES`) are ever written into ``--out``: other
+files there are never touched, and existing ones of these names are refused unless ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from pathlib import Path
 import torch
 
 from .backbones import ARCHS, build_resnet
-from .base import atomic_dir, atomic_path, home, replace_dir
+from .base import atomic_dir, atomic_path, home
 from .io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -70,6 +72,8 @@ log = logging.getLogger(__name__)
 
 HEADS_NAME = "heads.safetensors"
 CARD_NAME = "README.md"
+#: every file ``convert`` writes into ``--out`` (the only ones it may replace, with ``overwrite``)
+OUTPUT_NAMES = (WEIGHTS_NAME, HEADS_NAME, CARD_NAME, CONFIG_NAME)
 
 
 # ----------------------------------------------------------------------------- safe loading
@@ -415,18 +419,32 @@ def _parse_json_arg(value, what: str) -> dict:
     return d
 
 
-def _place_folder(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out``. An existing zoo folder or empty folder is replaced;
-    anything else is left alone and refused."""
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        elif out.is_dir() and (out / CONFIG_NAME).is_file():
-            replace_dir(tmp, out)
-            return
-        else:
-            raise WeightsError(f"{out} exists and is not a zoo folder; choose another --out")
-    os.replace(tmp, out)
+def check_convert_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an ``--out`` that is a file or already holds converted files (unless
+    ``overwrite``): ``convert`` never replaces a file it did not write in this run without being told."""
+    if out.exists() and not out.is_dir():
+        raise WeightsError(f"--out {out} is a file; give a folder (it will hold {WEIGHTS_NAME}, {CONFIG_NAME}, "
+                           f"{CARD_NAME})")
+    if out.is_dir() and not overwrite:
+        found = [n for n in OUTPUT_NAMES if (out / n).exists()]
+        if found:
+            raise WeightsError(f"--out {out} already holds {', '.join(found)}; pass --overwrite to replace them "
+                               f"(other files there are kept) or choose another --out")
+
+
+def _place_files(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished files of ``tmp`` into ``out`` one by one (``config.json`` last, so a folder
+    with the new config has the new weights). Files of ``out`` that are not :data:`OUTPUT_NAMES` are
+    never touched; with ``overwrite`` a stale ``heads.safetensors`` of an earlier conversion goes."""
+    check_convert_out(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in OUTPUT_NAMES if (tmp / n).is_file()]
+    for n in names:
+        os.replace(tmp / n, out / n)
+    if overwrite:
+        for n in OUTPUT_NAMES:
+            if n not in names and (out / n).is_file():
+                (out / n).unlink()
 
 
 def folder_card(config: dict) -> str:
@@ -452,12 +470,14 @@ def folder_card(config: dict) -> str:
 
 def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None = None,
             preprocess=None, arch=None, expected_sha256: str | None = None, quiet: bool = False,
-            record=None) -> Path:
+            record=None, overwrite: bool = False) -> Path:
     """Convert ``checkpoint`` (path or URL) of model ``name`` into the zoo folder ``out``; returns ``out``.
 
     ``name`` is a registry name (format, architecture and preprocessing come from its record) or, with
     ``fmt``, a new name (architecture from the checkpoint; preprocessing from the format or ``preprocess``).
     ``record`` overrides the registry lookup (weight resolution passes the record it is resolving).
+    ``overwrite``: replace the converted files already in ``out`` (never any other file there); without
+    it they are refused before any work.
     """
     from .io import load_strict
     from .registry import REGISTRY, suggest
@@ -473,6 +493,7 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
                            f"(one of {', '.join(FORMATS)})")
     if fmt not in FORMATS:
         raise WeightsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_convert_out(Path(out).expanduser(), overwrite)  # before any download or conversion
     path, ck_sha = fetch(checkpoint, expected_sha256)
     obj, standins = safe_torch_load(path)
     if explicit_fmt is None and isinstance(obj, Mapping) and {"model", "config", "optimizer"} <= set(obj):
@@ -534,7 +555,7 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
         config.update(train_data=record.train_data, paper=record.paper, description=record.description)
 
     out = Path(out).expanduser()
-    with atomic_dir(out, place=_place_folder) as tmp:
+    with atomic_dir(out, place=lambda tmp, dest: _place_files(tmp, dest, overwrite)) as tmp:
         if heads_sd:
             tensors = {k: v.detach().clone().contiguous().cpu() for k, v in heads_sd.items()}
             atomic_save_safetensors(tensors, tmp / HEADS_NAME, {"format": "pt", "sslzoo_heads_of": name})
@@ -559,7 +580,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="upstream checkpoint -> zoo folder (model.safetensors + config.json + card)")
     p.add_argument("name", help="registry name, or a new name together with --format")
     p.add_argument("--checkpoint", required=True, help="upstream checkpoint: a file path or an http(s) URL")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--out", required=True, help="output folder: model.safetensors, config.json, README.md "
+                                                "(heads.safetensors) are written into it; nothing else there is touched")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace those files when --out already holds them (refused otherwise)")
     p.add_argument("--format", dest="fmt", choices=sorted(FORMATS), default=None,
                    help="checkpoint format (default: the registry record's)")
     p.add_argument("--preprocess", default=None, help="JSON (or JSON file): resize, crop, mean, std[, interpolation]")
@@ -570,6 +594,6 @@ def add_parser(sub) -> None:
 
 def run_convert(args) -> int:
     convert(args.name, args.checkpoint, args.out, fmt=args.fmt, preprocess=args.preprocess, arch=args.arch,
-            expected_sha256=args.sha256)
+            expected_sha256=args.sha256, overwrite=args.overwrite)
     return 0
 

@@ -79,7 +79,8 @@ def _from_upstream(record: ModelRecord) -> Path:
                                    f"config.json); delete the folder to convert again")
             return folder / WEIGHTS_NAME
     try:
-        convert(record.name, w.upstream_url, folder, expected_sha256=w.upstream_sha256, quiet=True, record=record)
+        convert(record.name, w.upstream_url, folder, expected_sha256=w.upstream_sha256, quiet=True, record=record,
+                overwrite=True)  # our own cache folder: a stale conversion is replaced
     except WeightsError as e:
         note = f"; {w.upstream_note}" if w.upstream_note else ""
         raise WeightsError(f"{e}{note}; with the file at hand: sslzoo convert {record.name} --checkpoint FILE "

@@ -79,7 +79,7 @@ def train_run(folder: Path, recipe: str, overrides: list, device: str | None, *,
     start = time.perf_counter()
     error = None
     try:
-        result = trainer.fit(resume=resume)
+        result = trainer.fit(resume=resume, overwrite=not resume)  # a folder without a checkpoint: start over
     except TrainingError as e:  # e.g. a NaN loss: recorded, reported under the table, the others go on
         error = str(e)
     finally:

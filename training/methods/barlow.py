@@ -43,6 +43,9 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
                  losses=("barlow_twins_loss",),
                  tiny={"proj_hidden_dim": 16, "proj_dim": 16})
 class BarlowTwins(Method):
+    min_batch_size = 2
+    min_batch_reason = "the cross-correlation is normalised over the batch: 1 image has no variance"
+
     def __init__(self, backbone, *, proj_hidden_dim: int = 8192, proj_dim: int = 8192, lambd: float = 0.0051,
                  scale_loss: float = 1.0):
         super().__init__()

@@ -60,6 +60,9 @@ def cissl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float 
 class CISSL(Method):
     """Backbone + linear student ``Linear-BN`` + MLP teacher; loss :func:`cissl_loss`."""
 
+    min_batch_size = 2
+    min_batch_reason = "a contrastive loss needs negatives: with 1 image per batch there are none"
+
     def __init__(self, backbone, *, proj_hidden_dim: int = 1024, proj_dim: int = 128, temperature: float = 0.07):
         super().__init__()
         d = backbone.feature_dim

@@ -33,6 +33,9 @@ class Method(nn.Module):
 
     n_views = 2
     multicrop = False
+    #: the smallest ``optim.batch_size`` the loss means something at, and why (the trainer refuses less)
+    min_batch_size = 2
+    min_batch_reason = "its BatchNorm layers and batch statistics need at least 2 images per batch"
 
     def __init__(self):
         super().__init__()

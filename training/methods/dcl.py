@@ -80,6 +80,9 @@ def debiased_contrastive_loss(z: torch.Tensor, temperature: float = 0.5, tau_plu
 class DCL(Method):
     """Backbone + SimCLR projection head; loss :func:`debiased_contrastive_loss` of two views."""
 
+    min_batch_size = 2
+    min_batch_reason = "a contrastive loss needs negatives: with 1 image per batch there are none"
+
     def __init__(self, backbone, *, proj_hidden_dim: int = 512, proj_dim: int = 128, temperature: float = 0.5,
                  tau_plus: float = 0.1, clamp: bool = True):
         super().__init__()

@@ -39,12 +39,17 @@ from .common import Method, encode_crops, register_method, split_crops
 def marginal_entropy(p: torch.Tensor, global_batch: bool = False) -> torch.Tensor:
     """Entropy (nats) of the batch marginal ``mean_b p[b]`` of probabilities ``p`` ``[B, C]``;
     maximal (``log C``) when the marginal is uniform. ``global_batch``: the marginal of the batch of
-    every rank under torch.distributed (a sum all-reduced with gradients; equal per-rank batches)."""
+    every rank under torch.distributed (a sum all-reduced with gradients; equal per-rank batches).
+
+    ``-sum pm log(max(pm, eps))``, like upstream's ``Categorical(probs=pm).entropy()`` (which clamps the
+    probabilities before the log): the same value (exactly 0 for a collapsed marginal), and a finite
+    gradient where a cluster's marginal probability underflows to 0 (``xlogy``'s gradient there is
+    ``-inf``, which turns every weight into NaN while the loss itself stays finite)."""
     if global_batch and is_distributed():
         pm = all_reduce_sum(p.sum(0)) / (p.shape[0] * world_size())
     else:
         pm = p.mean(0)
-    return -torch.special.xlogy(pm, pm).sum()
+    return -(pm * torch.log(pm.clamp(min=torch.finfo(pm.dtype).eps))).sum()
 
 
 def dissl_loss(teacher_logits: list[torch.Tensor], student_logits: list[torch.Tensor], *, lam: float = 2.3,
@@ -52,7 +57,8 @@ def dissl_loss(teacher_logits: list[torch.Tensor], student_logits: list[torch.Te
                distill_weight: float = 1.0, return_terms: bool = False, global_marginal: bool = False):
     """DISSL loss. ``teacher_logits``: one ``[B, C]`` tensor per large crop; ``student_logits``: one
     per crop, the first ``len(teacher_logits)`` being the same crops as the teacher's. Computed in
-    fp32. With ``return_terms`` also returns ``dict(H_M, CE_det_inv, CE_distill)`` (detached).
+    fp32. With ``return_terms`` also returns ``dict(H_M, CE_det_inv, CE_distill)`` (detached); with
+    ``return_terms="attached"`` the same terms, in the graph.
     ``global_marginal``: ``H_M`` of the marginal over every rank's batch (torch.distributed); the
     other terms are per-example means, whose rank average DDP's gradient average already takes."""
     nt = len(teacher_logits)
@@ -67,6 +73,8 @@ def dissl_loss(teacher_logits: list[torch.Tensor], student_logits: list[torch.Te
     distill = torch.stack([-(p[i] * logq[j]).sum(-1).mean() for i in range(nt) for j in range(len(logq))
                            if j != i]).mean()
     loss = distill_weight * distill - lam * h_m + beta * det_inv
+    if return_terms == "attached":  # still in the graph (the trainer's gradient diagnosis)
+        return loss, {"H_M": h_m, "CE_det_inv": det_inv, "CE_distill": distill}
     if return_terms:
         return loss, {"H_M": h_m.detach(), "CE_det_inv": det_inv.detach(), "CE_distill": distill.detach()}
     return loss
@@ -135,6 +143,9 @@ class DISSL(Method):
             w = min(1.0, (self.step + 1) / self.distill_warmup_steps)
         loss, terms = dissl_loss(list(t_logits), list(s_logits), lam=self.lam, beta=self.beta,
                                  teacher_temp=self.teacher_temp, student_temp=self.student_temp, distill_weight=w,
-                                 return_terms=True, global_marginal=True)
-        self.last_logs = terms  # detached tensors; the trainer reads them when it logs
+                                 return_terms="attached", global_marginal=True)
+        # the weighted terms that sum to the loss, in the graph: the trainer names the term of a non-finite gradient
+        self.loss_terms = {"CE_distill": w * terms["CE_distill"], "H_M": -self.lam * terms["H_M"],
+                           "CE_det_inv": self.beta * terms["CE_det_inv"]}
+        self.last_logs = {k: v.detach() for k, v in terms.items()}  # the trainer reads them when it logs
         return loss

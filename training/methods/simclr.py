@@ -47,6 +47,9 @@ def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, rows: torch.Tensor |
 class SimCLR(nn.Module):
     """Backbone + projection head; ``forward(views)`` returns the NT-Xent loss of two views."""
 
+    min_batch_size = 2
+    min_batch_reason = "a contrastive loss needs negatives: with 1 image per batch it is 0 and trains nothing"
+
     n_views = 2
 
     def __init__(self, backbone: nn.Module, *, proj_hidden_dim: int = 512, proj_dim: int = 128,
