@@ -18,6 +18,10 @@ Protocols
   cross-validation on the support set (``min(k, 5)`` folds) for ``k >= 2`` and fixed to
   :data:`ONE_SHOT_L2` for ``k = 1``.
 
+Determinism: every probe runs its arithmetic on one thread (:func:`eval.solver.one_thread`), so
+its weights, predictions and accuracies are bit-identical whatever ``torch.get_num_threads()`` is
+(multi-threaded GEMM and ``eigh`` split their inner sums by thread count; see there).
+
 Relation to scikit-learn: ``LogisticRegression(C=C)`` minimises ``C * sum(loss) + 0.5 * ||w||^2``,
 which is ``N * C`` times our objective with ``l2 = 1 / (C * N)``.
 
@@ -38,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .solver import fit_logreg_batch, fit_logreg_spectral, stacked_predict
+from .solver import fit_logreg_batch, fit_logreg_spectral, single_threaded, stacked_predict
 from .stats import mean_std
 
 __all__ = [
@@ -242,6 +246,7 @@ def stratified_split(y, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.
     return np.flatnonzero(mask), val_idx
 
 
+@single_threaded
 def select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter, spectral=True):
     """Validation accuracy of every ``l2`` in ``grid``; best index (ties -> larger l2) and the accuracies.
 
@@ -264,6 +269,7 @@ def _restandardise(W, b, mean, std, new_mean, new_std):
     return W * (new_std / std), b + W @ ((new_mean - mean) / std)
 
 
+@single_threaded
 def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = None,
                  l2_grid=None, val_fraction: float = 0.1, seed: int = 0, max_iter: int = 500,
                  spectral: bool = True) -> dict:
@@ -314,6 +320,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
 # ----------------------------------------------------------------------------- kNN
 
 @torch.no_grad()
+@single_threaded
 def knn_probe(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: float = 0.07,
               num_classes: int | None = None, chunk: int = 1024) -> dict:
     """Weighted kNN on cosine similarity (InstDisc / DINO protocol).
@@ -402,6 +409,7 @@ def cv_fold_predictions(x, y, num_classes, grid, fold, *, tol=None, max_iter=Non
     return stacked_predict(xs, W, b).view(-1, n_folds, len(grid))         # problem index = f * G + g
 
 
+@single_threaded
 def cv_select_l2(x, y, num_classes, grid, n_folds, seed, max_iter):
     """Stratified ``n_folds``-fold CV on the support set: index of the ``l2`` in ``grid`` with the best
     mean held-out accuracy over folds (ties -> larger ``l2``). Fits as in :func:`cv_fold_predictions`,
@@ -417,6 +425,7 @@ def cv_select_l2(x, y, num_classes, grid, n_folds, seed, max_iter):
     return max(range(len(grid)), key=lambda i: (mean_acc[i], grid[i]))
 
 
+@single_threaded
 def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
                   num_classes: int | None = None, l2_grid=None, one_shot_l2: float = ONE_SHOT_L2,
                   max_iter: int = 500) -> list[dict]:
