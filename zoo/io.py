@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -33,10 +34,33 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def canonicalise_safetensors_header(path: str | Path) -> None:
+    """Rewrite, in place, the JSON header of the safetensors file ``path`` with its ``__metadata__``
+    keys sorted, so the same tensors and metadata always give the same bytes (same sha256).
+
+    ``safetensors.save_file`` writes the metadata from a hash map, in an order that changes from
+    process to process (four conversions of one checkpoint gave two sha256); the tensor entries and
+    data are already in a fixed order. The header is compact JSON, so reordering keeps its length and
+    every data offset."""
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # not the compact header safetensors writes: leave the file as it is
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
 def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
-    """``safetensors.save_file`` to a temporary file beside ``path``, then rename into place."""
+    """``safetensors.save_file`` to a temporary file beside ``path``, its header made canonical
+    (:func:`canonicalise_safetensors_header`: byte-reproducible), then renamed into place."""
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        canonicalise_safetensors_header(tmp)
 
 
 def save_folder(state_dict: dict, config: dict, out_dir: str | Path) -> Path:
