@@ -15,6 +15,8 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import json
+import logging
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.base import SSLZooError, did_you_mean, one_line
+from zoo.base import SSLZooError, atomic_write_text, did_you_mean, home, one_line
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(SSLZooError, ValueError):
@@ -132,18 +136,75 @@ class ImageSplit:
         return torch.stack([transform(self.get(j)) for j in range(start, stop)])
 
     def fingerprint(self) -> str:
-        """sha256 over the pixels (or file names + sizes) and labels: the cache key of the data."""
+        """sha256 over the content and the labels: the cache key of the data. In-memory splits hash
+        their pixels; file-backed splits the sha256 of every file's bytes (:func:`file_digests`, cached
+        by path, size, mtime and ctime), its name and the decode mode -- so an image swapped in place
+        for another of the same size changes the fingerprint."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             if self.images is not None:
                 h.update(str(self.images.shape).encode())
                 h.update(np.ascontiguousarray(self.images).tobytes())
             else:
-                for p in self.paths:
-                    h.update(f"{p}:{os.path.getsize(p)}\n".encode())
+                h.update(f"mode={self.mode}\n".encode())
+                for p, d in zip(self.paths, file_digests(self.paths, desc=f"{self.name}/{self.split}: hashing")):
+                    h.update(f"{os.path.basename(p)}:{d}\n".encode())
             h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+
+def _file_key(st: os.stat_result) -> list:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def file_digests(paths, desc: str | None = None) -> list[str]:
+    """sha256 of every file in ``paths`` (in order), with an index in ``$SSLZOO_HOME/file-hashes``:
+    a file whose size, mtime, ctime and inode are unchanged since it was hashed is not read again
+    (replacing a file's bytes, even with ``cp -p``, changes its ctime). One index per folder."""
+    paths = [os.path.abspath(p) for p in paths]
+    by_dir: dict = {}
+    for p in paths:
+        by_dir.setdefault(os.path.dirname(os.path.dirname(p)), []).append(p)
+    digests = {}
+    todo_total = 0
+    plans = []
+    for root, ps in by_dir.items():
+        index_path = home() / "file-hashes" / f"{hashlib.sha256(root.encode()).hexdigest()[:24]}.json"
+        try:
+            index = json.loads(index_path.read_text())
+            if not isinstance(index, dict):
+                index = {}
+        except (OSError, ValueError):
+            index = {}
+        todo = []
+        for p in ps:
+            key = _file_key(os.stat(p))
+            rec = index.get(p)
+            if isinstance(rec, list) and len(rec) == 2 and rec[0] == key:
+                digests[p] = rec[1]
+            else:
+                todo.append((p, key))
+        todo_total += len(todo)
+        plans.append((index_path, index, todo))
+    if todo_total:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo_total, desc=desc, unit="file", leave=False, disable=desc is None or todo_total < 1000)
+        for index_path, index, todo in plans:
+            for p, key in todo:
+                with open(p, "rb") as f:
+                    digests[p] = hashlib.file_digest(f, "sha256").hexdigest()
+                index[p] = [key, digests[p]]
+                bar.update(1)
+            if todo:
+                try:
+                    atomic_write_text(index_path, json.dumps(index, sort_keys=True, separators=(",", ":")))
+                except OSError as e:  # a read-only home: hash again next time, the result is the same
+                    log.warning(f"cannot write the file-hash index {index_path} ({e.strerror}); files will be "
+                                f"hashed again next time")
+        bar.close()
+    return [digests[p] for p in paths]
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST family)

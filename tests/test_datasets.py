@@ -611,3 +611,41 @@ def test_real_fashion_mnist():
     assert sorted(set(tr.targets.tolist())) == list(range(10))
     assert np.bincount(tr.targets).tolist() == [6000] * 10 and np.bincount(te.targets).tolist() == [1000] * 10
     assert tr.targets[0] == 9 and te.targets[0] == 9  # the first image of each split is an ankle boot
+
+
+# ----------------------------------------------------------------------------- content fingerprints (issue 17)
+
+def _bmp_folder(root, n=3, size=8):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / split / c / f"{i}.bmp")
+
+
+def test_folder_fingerprint_follows_content_not_size(tmp_path):
+    """Two test images swapped in place (same sizes, mtimes restored): the old path + size fingerprint
+    stayed the same and eval kept stale numbers; the content fingerprint changes."""
+    import os
+
+    from eval.datasets import file_digests, load_folder
+
+    _bmp_folder(tmp_path / "ds")
+    before = load_folder(tmp_path / "ds", "test").fingerprint()
+    assert load_folder(tmp_path / "ds", "test").fingerprint() == before  # stable (now from the index)
+    a, b = tmp_path / "ds/test/a/0.bmp", tmp_path / "ds/test/b/0.bmp"
+    ra, rb = a.read_bytes(), b.read_bytes()
+    assert len(ra) == len(rb) and ra != rb
+    sa, sb = a.stat(), b.stat()
+    a.write_bytes(rb)
+    b.write_bytes(ra)
+    os.utime(a, ns=(sa.st_atime_ns, sa.st_mtime_ns))
+    os.utime(b, ns=(sb.st_atime_ns, sb.st_mtime_ns))
+    split = load_folder(tmp_path / "ds", "test")
+    assert split.fingerprint() != before
+    assert file_digests([a, b]) == [__import__("hashlib").sha256(rb).hexdigest(),
+                                     __import__("hashlib").sha256(ra).hexdigest()]
+    b.write_bytes(rb)  # swap back: the original fingerprint again
+    a.write_bytes(ra)
+    assert load_folder(tmp_path / "ds", "test").fingerprint() == before
