@@ -248,8 +248,10 @@ def _load_idx_dataset(name, split, root, download, debian_dir, tv_name, classes)
     if split not in _IDX_FILES:
         raise DatasetError(f"{name} has splits train and test, not {split!r}")
     base = Path(root) if root else data_home() / name
-    dirs = [base, base / tv_name / "raw", base / "raw", data_home() / name, data_home() / tv_name / "raw"]
-    if debian_dir:
+    dirs = [base, base / tv_name / "raw", base / "raw"]
+    if not root:  # an explicit root is the only place looked at
+        dirs += [data_home() / name, data_home() / tv_name / "raw"]
+    if debian_dir and not root:
         dirs.append(Path(debian_dir))
     img_stem, lbl_stem = _IDX_FILES[split]
     img, lbl = _find_idx(dirs, img_stem), _find_idx(dirs, lbl_stem)
@@ -259,7 +261,7 @@ def _load_idx_dataset(name, split, root, download, debian_dir, tv_name, classes)
         getattr(torchvision.datasets, tv_name)(str(base), train=(split == "train"), download=True)
         img, lbl = _find_idx(dirs, img_stem), _find_idx(dirs, lbl_stem)
     if img is None or lbl is None:
-        hint = " or `apt-get install dataset-fashion-mnist`" if debian_dir else ""
+        hint = " or `apt-get install dataset-fashion-mnist`" if debian_dir and not root else ""
         raise DatasetNotFound(
             f"{name} {split} not found: put {img_stem}.gz and {lbl_stem}.gz in {base}{hint}, or pass --download")
     images, labels = read_idx(img), read_idx(lbl)
@@ -365,12 +367,39 @@ def _npz_array(z, p, key):
         raise DatasetError(f"{p}: array {key!r} is an object (pickled) array; store plain numeric arrays") from None
 
 
+def _sentinel(dtype) -> int | None:
+    """The value an unsigned label array uses for "unlabelled": its maximum (``-1`` cast to the dtype,
+    e.g. 255 for uint8); signed arrays use negative labels."""
+    dtype = np.dtype(dtype)
+    return int(np.iinfo(dtype).max) if dtype.kind == "u" else None
+
+
+def unlabelled_mask(labels: np.ndarray) -> np.ndarray:
+    """Which labels mark an unlabelled image: negative ones, and for unsigned arrays the dtype's maximum
+    (255 for uint8: what ``-1`` becomes when cast). They never become a class."""
+    s = _sentinel(labels.dtype)
+    return labels == s if s is not None else labels < 0
+
+
+def _union_ids(parts: list) -> np.ndarray:
+    """Sorted distinct ids over label arrays of possibly different integer dtypes (uint64 beyond int64
+    kept exact)."""
+    if all(p.dtype.kind == "i" or p.size == 0 or int(p.max()) <= np.iinfo(np.int64).max for p in parts):
+        return np.unique(np.concatenate([p.astype(np.int64) for p in parts]))
+    # some uint64 id beyond int64: then every id is >= 0 (the unlabelled ones are gone), exact in uint64
+    return np.unique(np.concatenate([p.astype(np.uint64) for p in parts]))
+
+
 def load_npz(path, split: str = "train") -> ImageSplit:
     """An ``.npz`` written with ``np.savez``. Split ``S`` reads keys ``S_image`` + ``S_label``; a file
     with plain ``image`` + ``label`` serves the train split only. ``*_image``: uint8 ``[N,H,W]`` or
-    ``[N,H,W,C]`` with C in {1, 3}; ``*_label``: integer ``[N]`` (train labels < 0 mark unlabeled images
-    and are kept; other splits must be >= 0). Classes: a ``classes`` array of names if present, else
-    ``"0" .. str(max label)`` over all label arrays in the file. Pickled arrays are refused.
+    ``[N,H,W,C]`` with C in {1, 3}; ``*_label``: integer ``[N]`` of any integer dtype. Train labels < 0
+    -- and for unsigned dtypes the dtype's maximum, e.g. 255 for uint8 (what -1 becomes when cast) --
+    mark unlabeled images and are kept (target -1, never a class); other splits may not have them.
+    Classes: with a ``classes`` array of names, labels index it; otherwise the distinct label ids over
+    all label arrays of the file, sorted, become classes ``0..K-1`` named by their ids (``classes[i]``
+    is the id of class ``i``: the mapping travels with the split), so ids such as ``{0, 10^9}`` cost
+    two classes, not 10^9. Pickled arrays are refused.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -415,23 +444,37 @@ def load_npz(path, split: str = "train") -> ImageSplit:
         if len(labels) != len(images):
             raise DatasetError(f"{p}: {lk!r} has {len(labels)} labels but {ik!r} has {len(images)} images; "
                                f"expected one label per image")
-        labels = labels.astype(np.int64)
-        if split != "train" and labels.size and labels.min() < 0:
-            raise DatasetError(f"{p}: {lk!r} has negative labels; only train labels may be < 0 (unlabeled images)")
-        top = -1  # the largest label over every split, so all splits of one file share the classes
-        for k in keys:
-            if k == "label" or k.endswith("_label"):
-                arr = labels if k == lk else _npz_array(z, p, k)
-                if arr.dtype.kind in "iu" and arr.size:
-                    top = max(top, int(arr.max()))
-        if "classes" in keys:
+        unlabelled = unlabelled_mask(labels)
+        if split != "train" and unlabelled.any():
+            what = ("negative labels" if _sentinel(labels.dtype) is None else
+                    f"the {labels.dtype} 'unlabelled' label {_sentinel(labels.dtype)}")
+            raise DatasetError(f"{p}: {lk!r} has {what}; only train labels may be < 0 (unlabeled images)")
+        if "classes" in keys:  # labels index a list of names
             names = _npz_array(z, p, "classes")
+            top = -1
+            for k in keys:
+                if k == "label" or k.endswith("_label"):
+                    arr = labels if k == lk else _npz_array(z, p, k)
+                    if arr.dtype.kind in "iu" and arr.ndim == 1 and arr.size:
+                        kept = arr[~unlabelled_mask(arr)]
+                        top = max(top, int(kept.max()) if kept.size else -1)
             if names.ndim != 1 or len(names) <= top:
                 raise DatasetError(f"{p}: 'classes' has shape {list(names.shape)}, expected one name per label "
                                    f"(at least {top + 1})")
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
-        else:
-            classes = [str(i) for i in range(top + 1)]
+            labels = np.where(unlabelled, -1, labels.astype(np.int64, copy=False)).astype(np.int64)
+        else:  # any integer ids -> contiguous classes 0..K-1 in increasing id order; names are the ids
+            found = [np.unique(labels[~unlabelled])]
+            for k in keys:
+                if (k == "label" or k.endswith("_label")) and k != lk:
+                    arr = _npz_array(z, p, k)
+                    if arr.dtype.kind in "iu" and arr.ndim == 1:
+                        found.append(np.unique(arr[~unlabelled_mask(arr)]))
+            ids = _union_ids(found)
+            classes = [str(i) for i in ids.tolist()]
+            mapped = np.full(labels.shape, -1, dtype=np.int64)
+            mapped[~unlabelled] = np.searchsorted(ids, labels[~unlabelled].astype(ids.dtype))
+            labels = mapped
     return ImageSplit(p.stem, split, labels, classes, images=np.ascontiguousarray(images), source=str(p))
 
 
@@ -485,7 +528,7 @@ def _load_cifar(name, split, root, download):
     if split not in ("train", "test"):
         raise DatasetError(f"{name} has splits train and test, not {split!r}")
     base = Path(root).expanduser() if root else data_home() / name
-    candidates = [base / info["dir"], base, data_home() / name / info["dir"]]
+    candidates = [base / info["dir"], base] + ([] if root else [data_home() / name / info["dir"]])
     need = info[split] + [info["meta"]]
     d = _find_dir(candidates, need)
     if d is None and download:
@@ -565,7 +608,7 @@ def load_stl10(split="train", root=None, download=False):
     parts = _STL_SPLITS[split]
     base = Path(root).expanduser() if root else data_home() / "stl10"
     need = [f"{s}_X.bin" for s in parts] + [f"{s}_y.bin" for s in parts if s != "unlabeled"] + ["class_names.txt"]
-    candidates = [base / "stl10_binary", base, data_home() / "stl10" / "stl10_binary"]
+    candidates = [base / "stl10_binary", base] + ([] if root else [data_home() / "stl10" / "stl10_binary"])
     d = _find_dir(candidates, need)
     if d is None and download:
         import torchvision
@@ -601,7 +644,7 @@ def load_svhn(split="train", root=None, download=False):
         raise DatasetError(f"svhn has splits train, test and extra, not {split!r}")
     base = Path(root).expanduser() if root else data_home() / "svhn"
     fname = f"{split}_32x32.mat"
-    candidates = [base, base / "svhn", data_home() / "svhn"]
+    candidates = [base, base / "svhn"] + ([] if root else [data_home() / "svhn"])
     d = _find_dir(candidates, [fname])
     if d is None and download:
         import torchvision
@@ -660,7 +703,8 @@ def load_tinyimagenet(split="train", root=None, download=False):
         raise DatasetError(f"tinyimagenet has splits train, val and test (= val), not {split!r}")
     base = Path(root).expanduser() if root else data_home() / "tinyimagenet"
     need = ["wnids.txt", "train" if split == "train" else "val/val_annotations.txt"]
-    d = _find_dir([base / "tiny-imagenet-200", base, data_home() / "tinyimagenet" / "tiny-imagenet-200"], need)
+    d = _find_dir([base / "tiny-imagenet-200", base] + ([] if root else [data_home() / "tinyimagenet" / "tiny-imagenet-200"]),
+                  need)
     if d is None:
         raise DatasetNotFound(f"tinyimagenet {split} not found: unzip tiny-imagenet-200.zip "
                               f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {base} so that "
@@ -709,7 +753,7 @@ def load_imagenet(split="train", root=None, download=False):
     base = Path(root).expanduser() if root else data_home() / "imagenet"
     sub = "train" if split == "train" else "val"
     layout = f"{base}/{{train,val}}/<wnid>/*.JPEG"
-    d = _find_dir([base, data_home() / "imagenet"], ["train", sub])
+    d = _find_dir([base] + ([] if root else [data_home() / "imagenet"]), ["train", sub])
     if d is None:
         raise DatasetNotFound(f"imagenet {split} not found: put the ILSVRC2012 train/ and val/ folders as {layout} "
                               f"(there is no automatic download; get it from image-net.org)")
@@ -748,6 +792,10 @@ def load_split(spec: str, split: str = "train", root: str | None = None, downloa
 
 
 def _load_split(spec: str, split: str, root: str | None, download: bool) -> ImageSplit:
+    if root is not None and str(root) != "":
+        if spec.startswith(("folder:", "npz:")):
+            raise DatasetError(f"--root {root} applies to catalogue data sets; {spec.split(':', 1)[0]}:PATH names "
+                               f"its own files (drop --root)")
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], split)
     if spec.startswith("npz:"):

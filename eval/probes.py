@@ -53,6 +53,7 @@ __all__ = [
     "LinearProbe",
     "cv_fold_predictions",
     "cv_folds",
+    "contiguous_labels",
     "cv_select_l2",
     "draw_support",
     "fewshot_probe",
@@ -110,6 +111,25 @@ def _num_classes(num_classes, train_y: torch.Tensor) -> int:
     if top > num_classes:
         raise ValueError(f"num_classes={num_classes} but a train label is {top - 1}; use num_classes >= {top}")
     return int(num_classes)
+
+
+def contiguous_labels(train_y: torch.Tensor, *others: torch.Tensor, num_classes: int | None = None):
+    """Label ids -> contiguous class indices ``0..K-1`` (``K`` = distinct train ids), in increasing id
+    order so every "ties -> lowest class" rule is unchanged; other label tensors (test) map through the
+    same table, ids that train lacks to ``K`` (a class no model predicts: counted as errors). Returns the ids
+    ``[K]`` and the mapped tensors. With ``num_classes`` given, or ids already ``0..K-1``, nothing is
+    remapped (ids ``arange(max + 1)``). Memory is ``O(N)`` whatever the ids are: labels ``{0, 10^9}``
+    give two classes, not a 10^9-wide classifier."""
+    top = int(train_y.max()) + 1 if train_y.numel() else 0
+    if num_classes is not None or top <= train_y.numel():
+        if num_classes is not None or top == 0 or torch.unique(train_y).numel() == top:
+            return torch.arange(top, device=train_y.device), (train_y, *others)
+    ids = torch.unique(train_y)  # sorted
+    out = [torch.searchsorted(ids, train_y)]
+    for y in others:
+        pos = torch.searchsorted(ids, y).clamp_max(ids.numel() - 1)
+        out.append(torch.where(ids[pos] == y, pos, torch.full_like(pos, ids.numel())))
+    return ids, tuple(out)
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -297,6 +317,9 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     if not grid:
         raise ValueError("l2_grid is empty")
     C = _num_classes(num_classes, train_y)
+    train_ids = train_y
+    ids, (train_y,) = contiguous_labels(train_y, num_classes=num_classes)
+    C = C if num_classes is not None else int(ids.numel())
 
     fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
     if val_idx.size == 0:
@@ -312,7 +335,9 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     init = _restandardise(*selected, *standardiser(train_x))
     probe.fit(train_x, train_y, init=init)
     test_x = _as_features(test_x, device=dev)  # first time test data is touched
-    acc = probe.score(test_x, _as_labels(test_y, test_x.shape[0], device=dev))
+    _, (_, test_y) = contiguous_labels(train_ids, _as_labels(test_y, test_x.shape[0], device=dev),
+                                       num_classes=num_classes)
+    acc = probe.score(test_x, test_y)
     return {"accuracy": acc, "l2": l2, "val_accuracy": accs[best], "grid": grid, "n_train": int(train_x.shape[0]),
             "n_test": int(test_x.shape[0]), "val_accuracies": accs}
 
@@ -341,6 +366,8 @@ def knn_probe(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: flo
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"train has {train_x.shape[1]} feature dims, test has {test_x.shape[1]}")
     C = _num_classes(num_classes, train_y)
+    ids, (train_y, test_y) = contiguous_labels(train_y, test_y, num_classes=num_classes)
+    C = C if num_classes is not None else int(ids.numel())
     k = min(int(k), train_x.shape[0])
     train_n = F.normalize(train_x, dim=1)
     correct = 0
@@ -452,6 +479,8 @@ def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 
     test_x = _as_features(test_x, device=dev)
     test_y = _as_labels(test_y, test_x.shape[0], device=dev)
     C = _num_classes(num_classes, train_y)
+    ids, (train_y, test_y) = contiguous_labels(train_y, test_y, num_classes=num_classes)
+    C = C if num_classes is not None else int(ids.numel())
     grid = [float(v) for v in (DEFAULT_L2_GRID if l2_grid is None else l2_grid)]
     shots = [int(k) for k in shots]
     seeds = [int(s) for s in seeds]
@@ -468,7 +497,7 @@ def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 
         if k < 1:
             raise ValueError(f"shots must be >= 1, got k={k}")
         if k > n_min:
-            raise ValueError(f"k={k} exceeds the smallest class (class {int(classes[smallest])} has {n_min} "
+            raise ValueError(f"k={k} exceeds the smallest class (class {int(ids[int(classes[smallest])])} has {n_min} "
                              f"train images); use shots <= {n_min}")
 
     results = []
