@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from zoo.base import SSLZooError, atomic_write_text, did_you_mean, home, one_line
+from zoo.preprocess import PixelError, pil_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ImageSplit:
     images: np.ndarray | None = None
     paths: list | None = None
     source: str = ""
-    mode: str | None = None  # file-backed only: PIL mode to decode to ("RGB"); None keeps L / RGB as stored
+    mode: str | None = None  # file-backed only: "RGB" gives 3 channels; None: 1 for grayscale files, 3 for colour
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -77,24 +78,27 @@ class ImageSplit:
         return self.get(0).shape[0]
 
     def get(self, i: int) -> torch.Tensor:
-        """Image ``i`` as uint8 ``[C, H, W]``."""
+        """Image ``i`` as uint8 ``[C, H, W]``. Files are decoded by :func:`zoo.preprocess.pil_to_uint8`:
+        16-bit images (``I;16``, ``I``) scaled to 8 bits, not clipped; 32-bit float (``F``) refused;
+        grayscale (``L``, ``1``, ``LA``, 16-bit) -> 1 channel, colour -> 3 (alpha dropped)."""
         if self.images is not None:
             return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
         from PIL import Image
 
         try:
             with Image.open(self.paths[i]) as im:
-                if self.mode is not None:
-                    im = im.convert(self.mode) if im.mode != self.mode else im.copy()
-                else:
-                    im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+                x = pil_to_uint8(im)  # 16-bit scaled (not clipped), palette / CMYK / 1-bit converted, float refused
+        except PixelError as e:
+            raise DatasetError(f"{self.paths[i]}: {e}") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's decode errors
             raise DatasetError(f"{self.paths[i]} is not a readable image ({type(e).__name__}: {_one_line(e)}); "
                                f"replace or remove it") from None
-        arr = np.asarray(im)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        arr = x.permute(1, 2, 0).numpy()  # H W C, as decoded
+        if arr.shape[2] == 4:  # alpha dropped, as PIL's convert("RGB") does
+            arr = arr[:, :, :3]
+        if self.mode == "RGB" and arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(arr).copy()).permute(2, 0, 1)
 
     def as_tensor(self) -> torch.Tensor:
         """All images as one uint8 ``[N, C, H, W]`` tensor (in-memory splits only)."""
