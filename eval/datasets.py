@@ -50,7 +50,7 @@ class DatasetNotFound(DatasetError):
 
 def data_home() -> Path:
     """Root for datasets: ``$SSLZOO_DATA`` or ``~/.cache/sslzoo/data``."""
-    return Path(os.environ.get("SSLZOO_DATA", Path.home() / ".cache" / "sslzoo" / "data")).expanduser()
+    return Path(os.environ.get("SSLZOO_DATA") or Path.home() / ".cache" / "sslzoo" / "data").expanduser()
 
 
 @dataclass

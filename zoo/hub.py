@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones import build_resnet
+from .backbones import ArchError, build_resnet, check_arch
 from .base import SSLZooError, home
 from .io import CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_safetensors, load_strict, read_config, sha256_file
 from .preprocess import Preprocess
@@ -200,8 +200,13 @@ def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: s
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{folder}/{CONFIG_NAME} lacks a valid 'arch'/'preprocess' section ({e})") from None
         arch.update(arch_overrides)
-        model = build_resnet(**arch)
+        try:
+            model = build_resnet(**check_arch(arch))
+        except ArchError as e:
+            raise WeightsError(f"{folder}/{CONFIG_NAME}: {e}") from None
         sha = None
+        if not pretrained and weights is not None:  # explicit weights are loaded or refused, never ignored
+            raise WeightsError(f"pretrained=False builds random weights, but weights={weights} was given; drop one")
         if pretrained:
             path = Path(weights) if weights else folder / WEIGHTS_NAME
             sha = sha256_file(path)
@@ -211,6 +216,8 @@ def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: s
             load_strict(model, load_safetensors(path), source=str(path))
         return _finish(model, pre, cfg, sha, f"folder {folder}" if pretrained else None)
     record = get_record(str(name_or_folder))
+    if not pretrained and weights is not None:  # explicit weights are loaded or refused, never ignored
+        raise WeightsError(f"pretrained=False builds random weights, but weights={weights} was given; drop one")
     arch = dict(record.arch)
     arch.update(arch_overrides)
     model = build_resnet(**arch)

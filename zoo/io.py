@@ -109,6 +109,12 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str = "checkp
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
               if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    dtypes = [f"{k} {str(state_dict[k].dtype).removeprefix('torch.')}" for k, v in own.items()
+              if k in state_dict and v.is_floating_point() and not state_dict[k].is_floating_point()]
+    if dtypes and not (missing or unexpected or shapes):  # copy_ would cast them silently: chance-level features
+        more = f" (+{len(dtypes) - 3} more)" if len(dtypes) > 3 else ""
+        raise WeightsError(f"{source} holds integer tensors for float parameters ({', '.join(dtypes[:3])}{more}); "
+                           f"export the weights as floating point")
     if missing or unexpected or shapes:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):

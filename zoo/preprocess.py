@@ -135,8 +135,14 @@ class Preprocess:
     in_chans: int = 3
 
     def __post_init__(self):
+        for key in ("resize", "crop", "in_chans"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PixelError(f"preprocess {key} must be a positive integer, got {v!r}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+            raise PixelError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 for v in self.std):
+            raise PixelError(f"preprocess std values must be positive numbers, got {list(self.std)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
