@@ -146,4 +146,8 @@ def check_arch(arch: dict) -> dict:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low or v > 1 << 16:
             raise ArchError(f"arch {key} must be an integer in {low}..{1 << 16}, got {v!r}")
+    if arch.get("expand_dim") is not None:
+        trunk = arch.get("width", 64) * 8 * ARCHS[a][0].expansion
+        if arch["expand_dim"] % trunk:
+            raise ArchError(f"arch expand_dim {arch['expand_dim']} must be a multiple of the trunk dim {trunk}")
     return arch
