@@ -139,11 +139,9 @@ def check_arch(arch: dict) -> dict:
     if not isinstance(arch.get("maxpool", True), bool):
         raise ArchError(f"arch maxpool must be true or false, got {arch.get('maxpool')!r}")
     for key, low in _INT_ARGS.items():
-        v = arch.get(key)
-        if v is None and key in ("expand_dim",):
+        if key not in arch or (key == "expand_dim" and arch[key] is None):  # expand_dim null: no expansion
             continue
-        if v is None:
-            continue
+        v = arch[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low or v > 1 << 16:
             raise ArchError(f"arch {key} must be an integer in {low}..{1 << 16}, got {v!r}")
     if arch.get("expand_dim") is not None:
