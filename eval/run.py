@@ -66,13 +66,22 @@ def _check_classes(train, test) -> None:
     tr, te = set(int(v) for v in train.targets if v >= 0), set(int(v) for v in test.targets)
     extra = te - tr
     if extra:
-        raise DatasetError(f"{test.name}: test has classes {sorted(extra)[:5]} that train lacks; probes cannot "
+        names = ", ".join(_class_id(test, c) for c in sorted(extra)[:5])
+        raise DatasetError(f"{test.name}: test has classes [{names}] that train lacks; probes cannot "
                            f"predict them")
     absent = sorted(tr - te)
     if absent:  # the same answer for every format (a folder data set refuses it while loading)
         more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
         raise DatasetError(f"{test.name}: train class {_class_name(train, absent[0])}{more} has no test images; "
                            f"every train class needs test images (add some, or drop the class from train)")
+
+
+def _class_id(split, c: int) -> str:
+    """Class ``c`` by its name (an npz data set's names are its label ids)."""
+    try:
+        return str(split.classes[c])
+    except (IndexError, TypeError):
+        return str(c)
 
 
 def _class_name(split, c: int) -> str:
