@@ -15,6 +15,8 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import json
+import logging
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -23,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.base import SSLZooError, did_you_mean, one_line
+from zoo.base import SSLZooError, atomic_write_text, did_you_mean, home, one_line
+from zoo.preprocess import PixelError, pil_to_uint8
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(SSLZooError, ValueError):
@@ -45,7 +50,7 @@ class DatasetNotFound(DatasetError):
 
 def data_home() -> Path:
     """Root for datasets: ``$SSLZOO_DATA`` or ``~/.cache/sslzoo/data``."""
-    return Path(os.environ.get("SSLZOO_DATA", Path.home() / ".cache" / "sslzoo" / "data")).expanduser()
+    return Path(os.environ.get("SSLZOO_DATA") or Path.home() / ".cache" / "sslzoo" / "data").expanduser()
 
 
 @dataclass
@@ -60,7 +65,7 @@ class ImageSplit:
     images: np.ndarray | None = None
     paths: list | None = None
     source: str = ""
-    mode: str | None = None  # file-backed only: PIL mode to decode to ("RGB"); None keeps L / RGB as stored
+    mode: str | None = None  # file-backed only: "RGB" gives 3 channels; None: 1 for grayscale files, 3 for colour
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -73,24 +78,27 @@ class ImageSplit:
         return self.get(0).shape[0]
 
     def get(self, i: int) -> torch.Tensor:
-        """Image ``i`` as uint8 ``[C, H, W]``."""
+        """Image ``i`` as uint8 ``[C, H, W]``. Files are decoded by :func:`zoo.preprocess.pil_to_uint8`:
+        16-bit images (``I;16``, ``I``) scaled to 8 bits, not clipped; 32-bit float (``F``) refused;
+        grayscale (``L``, ``1``, ``LA``, 16-bit) -> 1 channel, colour -> 3 (alpha dropped)."""
         if self.images is not None:
             return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
         from PIL import Image
 
         try:
             with Image.open(self.paths[i]) as im:
-                if self.mode is not None:
-                    im = im.convert(self.mode) if im.mode != self.mode else im.copy()
-                else:
-                    im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+                x = pil_to_uint8(im)  # 16-bit scaled (not clipped), palette / CMYK / 1-bit converted, float refused
+        except PixelError as e:
+            raise DatasetError(f"{self.paths[i]}: {e}") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's decode errors
             raise DatasetError(f"{self.paths[i]} is not a readable image ({type(e).__name__}: {_one_line(e)}); "
                                f"replace or remove it") from None
-        arr = np.asarray(im)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        arr = x.permute(1, 2, 0).numpy()  # H W C, as decoded
+        if arr.shape[2] == 4:  # alpha dropped, as PIL's convert("RGB") does
+            arr = arr[:, :, :3]
+        if self.mode == "RGB" and arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(arr).copy()).permute(2, 0, 1)
 
     def as_tensor(self) -> torch.Tensor:
         """All images as one uint8 ``[N, C, H, W]`` tensor (in-memory splits only)."""
@@ -132,18 +140,75 @@ class ImageSplit:
         return torch.stack([transform(self.get(j)) for j in range(start, stop)])
 
     def fingerprint(self) -> str:
-        """sha256 over the pixels (or file names + sizes) and labels: the cache key of the data."""
+        """sha256 over the content and the labels: the cache key of the data. In-memory splits hash
+        their pixels; file-backed splits the sha256 of every file's bytes (:func:`file_digests`, cached
+        by path, size, mtime and ctime), its name and the decode mode -- so an image swapped in place
+        for another of the same size changes the fingerprint."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             if self.images is not None:
                 h.update(str(self.images.shape).encode())
                 h.update(np.ascontiguousarray(self.images).tobytes())
             else:
-                for p in self.paths:
-                    h.update(f"{p}:{os.path.getsize(p)}\n".encode())
+                h.update(f"mode={self.mode}\n".encode())
+                for p, d in zip(self.paths, file_digests(self.paths, desc=f"{self.name}/{self.split}: hashing")):
+                    h.update(f"{os.path.basename(p)}:{d}\n".encode())
             h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+
+def _file_key(st: os.stat_result) -> list:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def file_digests(paths, desc: str | None = None) -> list[str]:
+    """sha256 of every file in ``paths`` (in order), with an index in ``$SSLZOO_HOME/file-hashes``:
+    a file whose size, mtime, ctime and inode are unchanged since it was hashed is not read again
+    (replacing a file's bytes, even with ``cp -p``, changes its ctime). One index per folder."""
+    paths = [os.path.abspath(p) for p in paths]
+    by_dir: dict = {}
+    for p in paths:
+        by_dir.setdefault(os.path.dirname(os.path.dirname(p)), []).append(p)
+    digests = {}
+    todo_total = 0
+    plans = []
+    for root, ps in by_dir.items():
+        index_path = home() / "file-hashes" / f"{hashlib.sha256(root.encode()).hexdigest()[:24]}.json"
+        try:
+            index = json.loads(index_path.read_text())
+            if not isinstance(index, dict):
+                index = {}
+        except (OSError, ValueError):
+            index = {}
+        todo = []
+        for p in ps:
+            key = _file_key(os.stat(p))
+            rec = index.get(p)
+            if isinstance(rec, list) and len(rec) == 2 and rec[0] == key:
+                digests[p] = rec[1]
+            else:
+                todo.append((p, key))
+        todo_total += len(todo)
+        plans.append((index_path, index, todo))
+    if todo_total:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo_total, desc=desc, unit="file", leave=False, disable=desc is None or todo_total < 1000)
+        for index_path, index, todo in plans:
+            for p, key in todo:
+                with open(p, "rb") as f:
+                    digests[p] = hashlib.file_digest(f, "sha256").hexdigest()
+                index[p] = [key, digests[p]]
+                bar.update(1)
+            if todo:
+                try:
+                    atomic_write_text(index_path, json.dumps(index, sort_keys=True, separators=(",", ":")))
+                except OSError as e:  # a read-only home: hash again next time, the result is the same
+                    log.warning(f"cannot write the file-hash index {index_path} ({e.strerror}); files will be "
+                                f"hashed again next time")
+        bar.close()
+    return [digests[p] for p in paths]
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST family)
@@ -187,8 +252,10 @@ def _load_idx_dataset(name, split, root, download, debian_dir, tv_name, classes)
     if split not in _IDX_FILES:
         raise DatasetError(f"{name} has splits train and test, not {split!r}")
     base = Path(root) if root else data_home() / name
-    dirs = [base, base / tv_name / "raw", base / "raw", data_home() / name, data_home() / tv_name / "raw"]
-    if debian_dir:
+    dirs = [base, base / tv_name / "raw", base / "raw"]
+    if not root:  # an explicit root is the only place looked at
+        dirs += [data_home() / name, data_home() / tv_name / "raw"]
+    if debian_dir and not root:
         dirs.append(Path(debian_dir))
     img_stem, lbl_stem = _IDX_FILES[split]
     img, lbl = _find_idx(dirs, img_stem), _find_idx(dirs, lbl_stem)
@@ -198,7 +265,7 @@ def _load_idx_dataset(name, split, root, download, debian_dir, tv_name, classes)
         getattr(torchvision.datasets, tv_name)(str(base), train=(split == "train"), download=True)
         img, lbl = _find_idx(dirs, img_stem), _find_idx(dirs, lbl_stem)
     if img is None or lbl is None:
-        hint = " or `apt-get install dataset-fashion-mnist`" if debian_dir else ""
+        hint = " or `apt-get install dataset-fashion-mnist`" if debian_dir and not root else ""
         raise DatasetNotFound(
             f"{name} {split} not found: put {img_stem}.gz and {lbl_stem}.gz in {base}{hint}, or pass --download")
     images, labels = read_idx(img), read_idx(lbl)
@@ -304,12 +371,39 @@ def _npz_array(z, p, key):
         raise DatasetError(f"{p}: array {key!r} is an object (pickled) array; store plain numeric arrays") from None
 
 
+def _sentinel(dtype) -> int | None:
+    """The value an unsigned label array uses for "unlabelled": its maximum (``-1`` cast to the dtype,
+    e.g. 255 for uint8); signed arrays use negative labels."""
+    dtype = np.dtype(dtype)
+    return int(np.iinfo(dtype).max) if dtype.kind == "u" else None
+
+
+def unlabelled_mask(labels: np.ndarray) -> np.ndarray:
+    """Which labels mark an unlabelled image: negative ones, and for unsigned arrays the dtype's maximum
+    (255 for uint8: what ``-1`` becomes when cast). They never become a class."""
+    s = _sentinel(labels.dtype)
+    return labels == s if s is not None else labels < 0
+
+
+def _union_ids(parts: list) -> np.ndarray:
+    """Sorted distinct ids over label arrays of possibly different integer dtypes (uint64 beyond int64
+    kept exact)."""
+    if all(p.dtype.kind == "i" or p.size == 0 or int(p.max()) <= np.iinfo(np.int64).max for p in parts):
+        return np.unique(np.concatenate([p.astype(np.int64) for p in parts]))
+    # some uint64 id beyond int64: then every id is >= 0 (the unlabelled ones are gone), exact in uint64
+    return np.unique(np.concatenate([p.astype(np.uint64) for p in parts]))
+
+
 def load_npz(path, split: str = "train") -> ImageSplit:
     """An ``.npz`` written with ``np.savez``. Split ``S`` reads keys ``S_image`` + ``S_label``; a file
     with plain ``image`` + ``label`` serves the train split only. ``*_image``: uint8 ``[N,H,W]`` or
-    ``[N,H,W,C]`` with C in {1, 3}; ``*_label``: integer ``[N]`` (train labels < 0 mark unlabeled images
-    and are kept; other splits must be >= 0). Classes: a ``classes`` array of names if present, else
-    ``"0" .. str(max label)`` over all label arrays in the file. Pickled arrays are refused.
+    ``[N,H,W,C]`` with C in {1, 3}; ``*_label``: integer ``[N]`` of any integer dtype. Train labels < 0
+    -- and for unsigned dtypes the dtype's maximum, e.g. 255 for uint8 (what -1 becomes when cast) --
+    mark unlabeled images and are kept (target -1, never a class); other splits may not have them.
+    Classes: with a ``classes`` array of names, labels index it; otherwise the distinct label ids over
+    all label arrays of the file, sorted, become classes ``0..K-1`` named by their ids (``classes[i]``
+    is the id of class ``i``: the mapping travels with the split), so ids such as ``{0, 10^9}`` cost
+    two classes, not 10^9. Pickled arrays are refused.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -354,23 +448,37 @@ def load_npz(path, split: str = "train") -> ImageSplit:
         if len(labels) != len(images):
             raise DatasetError(f"{p}: {lk!r} has {len(labels)} labels but {ik!r} has {len(images)} images; "
                                f"expected one label per image")
-        labels = labels.astype(np.int64)
-        if split != "train" and labels.size and labels.min() < 0:
-            raise DatasetError(f"{p}: {lk!r} has negative labels; only train labels may be < 0 (unlabeled images)")
-        top = -1  # the largest label over every split, so all splits of one file share the classes
-        for k in keys:
-            if k == "label" or k.endswith("_label"):
-                arr = labels if k == lk else _npz_array(z, p, k)
-                if arr.dtype.kind in "iu" and arr.size:
-                    top = max(top, int(arr.max()))
-        if "classes" in keys:
+        unlabelled = unlabelled_mask(labels)
+        if split != "train" and unlabelled.any():
+            what = ("negative labels" if _sentinel(labels.dtype) is None else
+                    f"the {labels.dtype} 'unlabelled' label {_sentinel(labels.dtype)}")
+            raise DatasetError(f"{p}: {lk!r} has {what}; only train labels may be < 0 (unlabeled images)")
+        if "classes" in keys:  # labels index a list of names
             names = _npz_array(z, p, "classes")
+            top = -1
+            for k in keys:
+                if k == "label" or k.endswith("_label"):
+                    arr = labels if k == lk else _npz_array(z, p, k)
+                    if arr.dtype.kind in "iu" and arr.ndim == 1 and arr.size:
+                        kept = arr[~unlabelled_mask(arr)]
+                        top = max(top, int(kept.max()) if kept.size else -1)
             if names.ndim != 1 or len(names) <= top:
                 raise DatasetError(f"{p}: 'classes' has shape {list(names.shape)}, expected one name per label "
                                    f"(at least {top + 1})")
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
-        else:
-            classes = [str(i) for i in range(top + 1)]
+            labels = np.where(unlabelled, -1, labels.astype(np.int64, copy=False)).astype(np.int64)
+        else:  # any integer ids -> contiguous classes 0..K-1 in increasing id order; names are the ids
+            found = [np.unique(labels[~unlabelled])]
+            for k in keys:
+                if (k == "label" or k.endswith("_label")) and k != lk:
+                    arr = _npz_array(z, p, k)
+                    if arr.dtype.kind in "iu" and arr.ndim == 1:
+                        found.append(np.unique(arr[~unlabelled_mask(arr)]))
+            ids = _union_ids(found)
+            classes = [str(i) for i in ids.tolist()]
+            mapped = np.full(labels.shape, -1, dtype=np.int64)
+            mapped[~unlabelled] = np.searchsorted(ids, labels[~unlabelled].astype(ids.dtype))
+            labels = mapped
     return ImageSplit(p.stem, split, labels, classes, images=np.ascontiguousarray(images), source=str(p))
 
 
@@ -424,7 +532,7 @@ def _load_cifar(name, split, root, download):
     if split not in ("train", "test"):
         raise DatasetError(f"{name} has splits train and test, not {split!r}")
     base = Path(root).expanduser() if root else data_home() / name
-    candidates = [base / info["dir"], base, data_home() / name / info["dir"]]
+    candidates = [base / info["dir"], base] + ([] if root else [data_home() / name / info["dir"]])
     need = info[split] + [info["meta"]]
     d = _find_dir(candidates, need)
     if d is None and download:
@@ -504,7 +612,7 @@ def load_stl10(split="train", root=None, download=False):
     parts = _STL_SPLITS[split]
     base = Path(root).expanduser() if root else data_home() / "stl10"
     need = [f"{s}_X.bin" for s in parts] + [f"{s}_y.bin" for s in parts if s != "unlabeled"] + ["class_names.txt"]
-    candidates = [base / "stl10_binary", base, data_home() / "stl10" / "stl10_binary"]
+    candidates = [base / "stl10_binary", base] + ([] if root else [data_home() / "stl10" / "stl10_binary"])
     d = _find_dir(candidates, need)
     if d is None and download:
         import torchvision
@@ -540,7 +648,7 @@ def load_svhn(split="train", root=None, download=False):
         raise DatasetError(f"svhn has splits train, test and extra, not {split!r}")
     base = Path(root).expanduser() if root else data_home() / "svhn"
     fname = f"{split}_32x32.mat"
-    candidates = [base, base / "svhn", data_home() / "svhn"]
+    candidates = [base, base / "svhn"] + ([] if root else [data_home() / "svhn"])
     d = _find_dir(candidates, [fname])
     if d is None and download:
         import torchvision
@@ -599,7 +707,8 @@ def load_tinyimagenet(split="train", root=None, download=False):
         raise DatasetError(f"tinyimagenet has splits train, val and test (= val), not {split!r}")
     base = Path(root).expanduser() if root else data_home() / "tinyimagenet"
     need = ["wnids.txt", "train" if split == "train" else "val/val_annotations.txt"]
-    d = _find_dir([base / "tiny-imagenet-200", base, data_home() / "tinyimagenet" / "tiny-imagenet-200"], need)
+    d = _find_dir([base / "tiny-imagenet-200", base] + ([] if root else [data_home() / "tinyimagenet" / "tiny-imagenet-200"]),
+                  need)
     if d is None:
         raise DatasetNotFound(f"tinyimagenet {split} not found: unzip tiny-imagenet-200.zip "
                               f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {base} so that "
@@ -648,7 +757,7 @@ def load_imagenet(split="train", root=None, download=False):
     base = Path(root).expanduser() if root else data_home() / "imagenet"
     sub = "train" if split == "train" else "val"
     layout = f"{base}/{{train,val}}/<wnid>/*.JPEG"
-    d = _find_dir([base, data_home() / "imagenet"], ["train", sub])
+    d = _find_dir([base] + ([] if root else [data_home() / "imagenet"]), ["train", sub])
     if d is None:
         raise DatasetNotFound(f"imagenet {split} not found: put the ILSVRC2012 train/ and val/ folders as {layout} "
                               f"(there is no automatic download; get it from image-net.org)")
@@ -687,6 +796,10 @@ def load_split(spec: str, split: str = "train", root: str | None = None, downloa
 
 
 def _load_split(spec: str, split: str, root: str | None, download: bool) -> ImageSplit:
+    if root is not None and str(root) != "":
+        if spec.startswith(("folder:", "npz:")):
+            raise DatasetError(f"--root {root} applies to catalogue data sets; {spec.split(':', 1)[0]}:PATH names "
+                               f"its own files (drop --root)")
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], split)
     if spec.startswith("npz:"):

@@ -18,6 +18,10 @@ Protocols
   cross-validation on the support set (``min(k, 5)`` folds) for ``k >= 2`` and fixed to
   :data:`ONE_SHOT_L2` for ``k = 1``.
 
+Determinism: every probe runs its arithmetic on one thread (:func:`eval.solver.one_thread`), so
+its weights, predictions and accuracies are bit-identical whatever ``torch.get_num_threads()`` is
+(multi-threaded GEMM and ``eigh`` split their inner sums by thread count; see there).
+
 Relation to scikit-learn: ``LogisticRegression(C=C)`` minimises ``C * sum(loss) + 0.5 * ||w||^2``,
 which is ``N * C`` times our objective with ``l2 = 1 / (C * N)``.
 
@@ -38,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .solver import fit_logreg_batch, fit_logreg_spectral, stacked_predict
+from .solver import fit_logreg_batch, fit_logreg_spectral, single_threaded, stacked_predict
 from .stats import mean_std
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "LinearProbe",
     "cv_fold_predictions",
     "cv_folds",
+    "contiguous_labels",
     "cv_select_l2",
     "draw_support",
     "fewshot_probe",
@@ -106,6 +111,25 @@ def _num_classes(num_classes, train_y: torch.Tensor) -> int:
     if top > num_classes:
         raise ValueError(f"num_classes={num_classes} but a train label is {top - 1}; use num_classes >= {top}")
     return int(num_classes)
+
+
+def contiguous_labels(train_y: torch.Tensor, *others: torch.Tensor, num_classes: int | None = None):
+    """Label ids -> contiguous class indices ``0..K-1`` (``K`` = distinct train ids), in increasing id
+    order so every "ties -> lowest class" rule is unchanged; other label tensors (test) map through the
+    same table, ids that train lacks to ``K`` (a class no model predicts: counted as errors). Returns the ids
+    ``[K]`` and the mapped tensors. With ``num_classes`` given, or ids already ``0..K-1``, nothing is
+    remapped (ids ``arange(max + 1)``). Memory is ``O(N)`` whatever the ids are: labels ``{0, 10^9}``
+    give two classes, not a 10^9-wide classifier."""
+    top = int(train_y.max()) + 1 if train_y.numel() else 0
+    if num_classes is not None or top <= train_y.numel():
+        if num_classes is not None or top == 0 or torch.unique(train_y).numel() == top:
+            return torch.arange(top, device=train_y.device), (train_y, *others)
+    ids = torch.unique(train_y)  # sorted
+    out = [torch.searchsorted(ids, train_y)]
+    for y in others:
+        pos = torch.searchsorted(ids, y).clamp_max(ids.numel() - 1)
+        out.append(torch.where(ids[pos] == y, pos, torch.full_like(pos, ids.numel())))
+    return ids, tuple(out)
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -242,6 +266,7 @@ def stratified_split(y, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.
     return np.flatnonzero(mask), val_idx
 
 
+@single_threaded
 def select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter, spectral=True):
     """Validation accuracy of every ``l2`` in ``grid``; best index (ties -> larger l2) and the accuracies.
 
@@ -264,6 +289,7 @@ def _restandardise(W, b, mean, std, new_mean, new_std):
     return W * (new_std / std), b + W @ ((new_mean - mean) / std)
 
 
+@single_threaded
 def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = None,
                  l2_grid=None, val_fraction: float = 0.1, seed: int = 0, max_iter: int = 500,
                  spectral: bool = True) -> dict:
@@ -291,6 +317,9 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     if not grid:
         raise ValueError("l2_grid is empty")
     C = _num_classes(num_classes, train_y)
+    train_ids = train_y
+    ids, (train_y,) = contiguous_labels(train_y, num_classes=num_classes)
+    C = C if num_classes is not None else int(ids.numel())
 
     fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
     if val_idx.size == 0:
@@ -306,7 +335,9 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     init = _restandardise(*selected, *standardiser(train_x))
     probe.fit(train_x, train_y, init=init)
     test_x = _as_features(test_x, device=dev)  # first time test data is touched
-    acc = probe.score(test_x, _as_labels(test_y, test_x.shape[0], device=dev))
+    _, (_, test_y) = contiguous_labels(train_ids, _as_labels(test_y, test_x.shape[0], device=dev),
+                                       num_classes=num_classes)
+    acc = probe.score(test_x, test_y)
     return {"accuracy": acc, "l2": l2, "val_accuracy": accs[best], "grid": grid, "n_train": int(train_x.shape[0]),
             "n_test": int(test_x.shape[0]), "val_accuracies": accs}
 
@@ -314,6 +345,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
 # ----------------------------------------------------------------------------- kNN
 
 @torch.no_grad()
+@single_threaded
 def knn_probe(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: float = 0.07,
               num_classes: int | None = None, chunk: int = 1024) -> dict:
     """Weighted kNN on cosine similarity (InstDisc / DINO protocol).
@@ -334,6 +366,8 @@ def knn_probe(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: flo
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"train has {train_x.shape[1]} feature dims, test has {test_x.shape[1]}")
     C = _num_classes(num_classes, train_y)
+    ids, (train_y, test_y) = contiguous_labels(train_y, test_y, num_classes=num_classes)
+    C = C if num_classes is not None else int(ids.numel())
     k = min(int(k), train_x.shape[0])
     train_n = F.normalize(train_x, dim=1)
     correct = 0
@@ -402,6 +436,7 @@ def cv_fold_predictions(x, y, num_classes, grid, fold, *, tol=None, max_iter=Non
     return stacked_predict(xs, W, b).view(-1, n_folds, len(grid))         # problem index = f * G + g
 
 
+@single_threaded
 def cv_select_l2(x, y, num_classes, grid, n_folds, seed, max_iter):
     """Stratified ``n_folds``-fold CV on the support set: index of the ``l2`` in ``grid`` with the best
     mean held-out accuracy over folds (ties -> larger ``l2``). Fits as in :func:`cv_fold_predictions`,
@@ -417,6 +452,7 @@ def cv_select_l2(x, y, num_classes, grid, n_folds, seed, max_iter):
     return max(range(len(grid)), key=lambda i: (mean_acc[i], grid[i]))
 
 
+@single_threaded
 def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
                   num_classes: int | None = None, l2_grid=None, one_shot_l2: float = ONE_SHOT_L2,
                   max_iter: int = 500) -> list[dict]:
@@ -443,6 +479,8 @@ def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 
     test_x = _as_features(test_x, device=dev)
     test_y = _as_labels(test_y, test_x.shape[0], device=dev)
     C = _num_classes(num_classes, train_y)
+    ids, (train_y, test_y) = contiguous_labels(train_y, test_y, num_classes=num_classes)
+    C = C if num_classes is not None else int(ids.numel())
     grid = [float(v) for v in (DEFAULT_L2_GRID if l2_grid is None else l2_grid)]
     shots = [int(k) for k in shots]
     seeds = [int(s) for s in seeds]
@@ -459,7 +497,7 @@ def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 
         if k < 1:
             raise ValueError(f"shots must be >= 1, got k={k}")
         if k > n_min:
-            raise ValueError(f"k={k} exceeds the smallest class (class {int(classes[smallest])} has {n_min} "
+            raise ValueError(f"k={k} exceeds the smallest class (class {int(ids[int(classes[smallest])])} has {n_min} "
                              f"train images); use shots <= {n_min}")
 
     results = []

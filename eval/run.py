@@ -9,6 +9,7 @@ checked before any feature is computed or anything is written.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from .features import Pixels, cache_key, extract, model_fingerprint
 from .probes import fewshot_probe, knn_probe, linear_probe
 from .protocols import PROTOCOLS
 from .store import Result, ResultStore, aggregate, code_version
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PROBES", "cli_probes", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
            "evaluate", "check_inputs", "model_label", "dataset_label", "data_fingerprint"]
@@ -63,8 +66,22 @@ def _check_classes(train, test) -> None:
     tr, te = set(int(v) for v in train.targets if v >= 0), set(int(v) for v in test.targets)
     extra = te - tr
     if extra:
-        raise DatasetError(f"{test.name}: test has classes {sorted(extra)[:5]} that train lacks; probes cannot "
+        names = ", ".join(_class_id(test, c) for c in sorted(extra)[:5])
+        raise DatasetError(f"{test.name}: test has classes [{names}] that train lacks; probes cannot "
                            f"predict them")
+    absent = sorted(tr - te)
+    if absent:  # the same answer for every format (a folder data set refuses it while loading)
+        more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+        raise DatasetError(f"{test.name}: train class {_class_name(train, absent[0])}{more} has no test images; "
+                           f"every train class needs test images (add some, or drop the class from train)")
+
+
+def _class_id(split, c: int) -> str:
+    """Class ``c`` by its name (an npz data set's names are its label ids)."""
+    try:
+        return str(split.classes[c])
+    except (IndexError, TypeError):
+        return str(c)
 
 
 def _class_name(split, c: int) -> str:
@@ -120,8 +137,10 @@ def data_fingerprint(train, test) -> str:
     return hashlib.sha256(f"{train.fingerprint()}/{test.fingerprint()}".encode()).hexdigest()
 
 
-def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict) -> list[Result]:
-    """The results this evaluation needs, accuracy not yet known (NaN)."""
+def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict, n_train: int | None = None) -> list[Result]:
+    """The results this evaluation needs, accuracy not yet known (NaN). A kNN setting whose ``k`` exceeds
+    the ``n_train`` labelled train images runs (and is labelled and keyed) with ``k = n_train``, the k it
+    really uses."""
     base = dict(model=name, weights_sha256=sha, dataset=ds_name, dataset_sha256=data_fp, accuracy=float("nan"))
     jobs = []
     if "linear" in probes:
@@ -129,6 +148,7 @@ def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict) -> li
                            params=dict(common, val_fraction=LINEAR_VAL_FRACTION), **base))
     if "knn" in probes:
         for k, t in KNN_SETTINGS:
+            k = k if n_train is None else max(1, min(k, int(n_train)))
             jobs.append(Result(probe="knn", protocol=f"knn k={k} T={t}", seed=None, params=dict(common, k=k, T=t),
                                **base))
     if "fewshot" in probes:
@@ -219,6 +239,19 @@ def _finite(feats: torch.Tensor, name: str, what: str) -> None:
                          f"(check them with `sslzoo info` or re-export the model)")
 
 
+def _warn_changed(jobs: list[Result], previous: dict) -> None:
+    """One warning line per recomputed result whose accuracy differs from the one stored under the same
+    key: the key holds everything that should decide the number, so a difference means something outside
+    it changed (the data on disk under an unchanged fingerprint, the environment)."""
+    for j in jobs:
+        old = previous.get(j.key)
+        if old is not None and old.accuracy != j.accuracy:
+            seed = "" if j.seed is None else f" seed {j.seed}"
+            log.warning(f"{j.model} / {j.dataset} / {j.protocol}{seed}: recomputed {j.accuracy:.4f}%, but the "
+                        f"store held {old.accuracy:.4f}% under the same key (weights, data fingerprint, protocol, "
+                        f"code version); the stored value is replaced")
+
+
 def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
              baselines=(), root: str | None = None, download: bool = False, precision: str = "fp32",
              batch_size: int = 512, cache: bool = True, save: bool = True, force: bool = False,
@@ -269,6 +302,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             raise ValueError(f"{split.name}/{split.split} does not fit {_label(model_spec)}: {e}") from None
     with torch.no_grad():
         _finite(model(x[None]), _label(model_spec), "probe")
+    n_labelled = int((np.asarray(train.targets) >= 0).sum())
     ds_name = dataset_label(dataset, train)
     data_fp = data_fingerprint(train, test)
     name = label or model_label(model_spec)
@@ -289,8 +323,10 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
         for name, m in candidates:
             sha = "pixels" if isinstance(m, Pixels) else model_fingerprint(m)
             common = {"precision": precision, "preprocess": m.preprocess.to_dict()}
-            jobs = _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common)
+            jobs = _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common, n_train=n_labelled)
             stored = {} if (force or not cache or store is None) else store.get_many(j.key for j in jobs)
+            # what --force / --no-cache recompute: a stored value that comes out different is said, never swapped silently
+            previous = store.get_many(j.key for j in jobs) if (store is not None and not stored) else {}
             todo = [j for j in jobs if j.key not in stored]
             if use_store:
                 if D.broadcast_object(bool(todo)):  # rank 0 knows what the results store holds
@@ -300,6 +336,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
                         _finite_store(tr, name, "train")
                         _finite_store(te, name, "test")
                         _run_store_jobs(todo, tr, te)
+                        _warn_changed(todo, previous)
                         if save:
                             store.put(todo, replace=True)
             elif todo:
@@ -308,6 +345,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
                 _finite(tr[0], name, "train")
                 _finite(te[0], name, "test")
                 _run_jobs(todo, tr, te, desc=f"{name}: probes")
+                _warn_changed(todo, previous)
                 if save:
                     store.put(todo, replace=True)
             results += [stored.get(j.key, j) for j in jobs]

@@ -17,6 +17,9 @@ block from disk. No standardisation and no input checking happen here: :mod:`eva
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +33,8 @@ __all__ = [
     "fit_logreg_batch",
     "fit_logreg_spectral",
     "logreg_objective",
+    "one_thread",
+    "single_threaded",
     "precond_kappa",
     "stacked_predict",
 ]
@@ -47,6 +52,40 @@ MAX_LINE_SEARCH = 25
 TOL_CHANGE = 1e-10
 #: Rows of ``X`` per block in the objective: ~4 MiB, so a block is read from RAM once.
 ROW_CHUNK_BYTES = 4 << 20
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one intra-op thread, then restore the caller's thread count.
+
+    Why: a probe's number must not depend on how many threads computed it. Two kinds of kernel give
+    different float32 bits at 1 and 2 threads (measured with torch 2.14 on this CPU): a GEMM with
+    few output rows and a long inner dimension (the gradient ``G [C, n] @ X [n, D]`` of the logistic
+    regression on a block of 2,048 rows) splits its inner sum between threads, and LAPACK's ``eigh``
+    (the spectral preconditioner) does too. Those sums then round differently, L-BFGS amplifies
+    the last bit into a different iterate, and near-tied selections (few-shot cross-validation) pick a
+    different ``l2``. Every probe therefore runs its arithmetic here: the same sequence of operations
+    whatever ``torch.get_num_threads()`` is, hence bit-identical weights, predictions and
+    accuracies (``tests/test_probes.py::test_probes_bit_identical_at_1_and_2_threads``). Feature
+    extraction, which dominates an evaluation's time, keeps every thread. Nested use is cheap."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def single_threaded(fn):
+    """Decorator: ``fn`` runs inside :func:`one_thread`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with one_thread():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def logreg_objective(X, y, onehot_t, W, b, penalty, weight):
@@ -107,6 +146,7 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight):
 
 
 @torch.no_grad()
+@single_threaded
 def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float, max_iter: int,
                       init=None, history: int = LBFGS_HISTORY, precond=None,
                       rotation=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,6 +328,7 @@ def precond_kappa(num_classes: int) -> float:
 
 
 @torch.no_grad()
+@single_threaded
 def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: int, init=None):
     """:func:`fit_logreg_batch` for ``P`` problems with a scalar ``l2`` each (uniform row weights),
     solved in the eigenbasis of ``X'X / N`` with a diagonal preconditioner; same objectives, same

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .featstore import FeatureStore
 from .probes import DEFAULT_L2_GRID, SELECT_MAX_ITER, SELECT_TOL, stratified_split
-from .solver import fit_logreg_batch, stacked_predict
+from .solver import fit_logreg_batch, single_threaded, stacked_predict
 
 __all__ = ["RowSource", "chunked_knn_probe", "streaming_linear_probe", "streaming_standardiser"]
 
@@ -75,6 +75,7 @@ def _check_pair(train: FeatureStore, test: FeatureStore) -> None:
         raise ValueError(f"train store has {train.dim} feature dims, test store {test.dim}")
 
 
+@single_threaded
 def streaming_linear_probe(train: FeatureStore, test: FeatureStore, *, num_classes: int | None = None,
                            l2_grid=None, val_fraction: float = 0.1, seed: int = 0, max_iter: int = 500,
                            chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
@@ -114,6 +115,7 @@ def streaming_linear_probe(train: FeatureStore, test: FeatureStore, *, num_class
 
 
 @torch.no_grad()
+@single_threaded
 def chunked_knn_probe(train: FeatureStore, test: FeatureStore, *, k: int = 20, temperature: float = 0.07,
                       num_classes: int | None = None, query_chunk: int = 256,
                       chunk_rows: int = 4096) -> dict:

@@ -861,3 +861,109 @@ def test_bad_input_keeps_every_file(name, tmp_path):
         with open(os.environ["SSLZOO_BAD_INPUTS_LOG"], "a") as f:
             f.write(json.dumps({"case": name, "command": cmd, "rc": r.returncode,
                                 "message": lines[0].replace(str(tmp_path), "<tmp>")}) + "\n")
+# ----------------------------------------------------------------------------- issue 17: input validation
+
+CASES_17B = []
+
+
+def case17(pattern, cmd="eval"):
+    def deco(fn):
+        CASES_17B.append(fn.__name__)
+        return case(pattern, cmd)(fn)
+    return deco
+
+
+@case17(r"config\.json: unknown arch key 'widht'; did you mean 'width'\?")
+def config_unknown_arch_key(tmp):
+    folder = model_folder(tmp / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["arch"]["widht"] = cfg["arch"].pop("width")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return _eval(tmp, model=folder)
+
+
+@case17(r"config\.json: arch width must be an integer in 1\.\.65536, got -4")
+def config_negative_width(tmp):
+    folder = model_folder(tmp / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["arch"]["width"] = -4
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return _eval(tmp, model=folder)
+
+
+@case17(r"preprocess crop must be a positive integer, got 0")
+def config_zero_crop(tmp):
+    folder = model_folder(tmp / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["preprocess"]["crop"] = 0
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return _eval(tmp, model=folder)
+
+
+@case17(r"holds integer tensors for float parameters \(conv1\.weight int64.*export the weights as floating point")
+def weights_integer_dtype(tmp):
+    sd = {k: (v.round().to(torch.int64) if v.is_floating_point() else v)
+          for k, v in build_resnet(**ARCH).state_dict().items()}
+    return _eval(tmp, model=model_folder(tmp / "m", state=sd))
+
+
+@case17(r"'test_label' has the uint8 'unlabelled' label 255; only train labels may be < 0")
+def npz_uint8_255_test_label(tmp):
+    a = good_arrays()
+    a["test_label"] = np.array([0, 1, 2, 0, 1, 2, 0, 1, 255], np.uint8)
+    return _eval(tmp, data=npz(tmp / "d.npz", **a))
+
+
+@case17(r"train class '2' has no test images; every train class needs test images")
+def npz_train_class_missing_from_test(tmp):
+    a = good_arrays()
+    a["test_label"] = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0])
+    return _eval(tmp, data=npz(tmp / "d.npz", **a))
+
+
+@case17(r"--root .* applies to catalogue data sets; npz:PATH names its own files \(drop --root\)")
+def root_with_an_npz_spec(tmp):
+    (tmp / "r").mkdir()
+    return _eval(tmp, None, None, "--root", str(tmp / "r"))
+
+
+@case17(r"mnist train not found: put train-images-idx3-ubyte\.gz and train-labels-idx1-ubyte\.gz in .*/empty, or")
+def root_without_the_data_does_not_fall_back(tmp):
+    (tmp / "empty").mkdir()
+    home = tmp / "data" / "mnist"  # a whole copy in the data home, which the old loader used instead
+    home.mkdir(parents=True)
+    for prefix, n in (("train", 24), ("t10k", 9)):
+        arrays = ((f"{prefix}-images-idx3-ubyte", images(n, size=12)),
+                  (f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 3).astype(np.uint8)))
+        for stem, arr in arrays:
+            head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+            (home / stem).write_bytes(head + arr.tobytes())
+    return _eval(tmp, None, "mnist", "--root", str(tmp / "empty"))
+
+
+@case17(r"1\.tif: a mode-F \(32-bit float\) image has no fixed value range")
+def folder_float_image(tmp):
+    spec = image_folder(tmp / "ds")
+    Image.fromarray(np.zeros((12, 12), np.float32)).save(tmp / "ds" / "test" / "a" / "1.tif")
+    (tmp / "ds" / "test" / "a" / "1.png").unlink()
+    return _eval(tmp, data=spec)
+
+
+@pytest.mark.parametrize("name", CASES_17B)
+def test_bad_input_17b(name, tmp_path):
+    test_bad_input(name, tmp_path)
+
+
+def test_explicit_inputs_honoured_or_refused(tmp_path, monkeypatch):
+    """pretrained=False with weights= was random weights; SSLZOO_HOME="" wrote into the current folder."""
+    from zoo.base import home
+    from zoo.hub import create_model
+    from zoo.io import WeightsError
+
+    folder = model_folder(tmp_path / "m")
+    with pytest.raises(WeightsError, match=r"pretrained=False builds random weights, but weights=.* was given"):
+        create_model(folder, pretrained=False, weights=folder)
+    with pytest.raises(WeightsError, match=r"pretrained=False builds random weights"):
+        create_model(BUNDLED, pretrained=False, weights=folder)
+    monkeypatch.setenv("SSLZOO_HOME", "")
+    assert home() == Path.home() / ".cache" / "sslzoo"

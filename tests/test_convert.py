@@ -490,3 +490,37 @@ def test_convert_writes_only_its_files_and_never_replaces_without_overwrite(solo
     with pytest.raises(WeightsError, match=r"--out .*afile is a file; give a folder"):
         convert("w", path, f, fmt="solo-learn", preprocess=PRE32, quiet=True)
     assert f.read_bytes() == b"x"
+
+
+def test_converting_the_same_checkpoint_gives_the_same_bytes(solo_ckpt, tmp_path):
+    """Issue 17: safetensors writes its metadata in hash-map order (four conversions of one checkpoint
+    gave two sha256); zoo.io canonicalises the header, so every file of the folder is byte-identical."""
+    _, path = solo_ckpt
+    digests = set()
+    for i in range(4):
+        out = convert("adainf_simclr_cifar10", path, tmp_path / f"out{i}", fmt="solo-learn", preprocess=PRE32,
+                      quiet=True)
+        digests.add(tuple((f.name, sha256_file(f)) for f in sorted(out.iterdir())))
+    assert len(digests) == 1
+    names = [n for n, _ in next(iter(digests))]
+    assert "model.safetensors" in names and "heads.safetensors" in names
+    assert read_config(tmp_path / "out0")["sha256"] == sha256_file(tmp_path / "out0" / "model.safetensors")
+
+
+def test_safetensors_metadata_order_is_canonical(tmp_path):
+    from safetensors.torch import save_file
+
+    from zoo.io import atomic_save_safetensors, canonicalise_safetensors_header
+
+    t = {"b": torch.arange(3.0), "a": torch.ones(2, 2, dtype=torch.float16)}
+    meta = {k: str(i) for i, k in enumerate("zyxwvutsrq")}
+    raw = set()
+    for i in range(6):  # the raw writer's order varies (the defect); the canonical bytes never do
+        save_file(t, tmp_path / f"raw{i}.safetensors", metadata=meta)
+        raw.add(sha256_file(tmp_path / f"raw{i}.safetensors"))
+        canonicalise_safetensors_header(tmp_path / f"raw{i}.safetensors")
+        atomic_save_safetensors(t, tmp_path / f"c{i}.safetensors", metadata=meta)
+    canon = {sha256_file(tmp_path / f"{p}{i}.safetensors") for p in ("raw", "c") for i in range(6)}
+    assert len(canon) == 1 and len(raw) > 1
+    back = load_file(str(tmp_path / "c0.safetensors"))
+    assert torch.equal(back["a"], t["a"]) and torch.equal(back["b"], t["b"])

@@ -411,12 +411,12 @@ def test_npz_per_split(tmp_path):
              test_label=np.array([1, 2], np.uint8))
     s = load_split(f"npz:{tmp_path / 'd.npz'}", "train")
     assert s.images.shape == (3, 4, 7, 3) and s.images[2, 0, 5, 1] == 99
-    assert s.targets.tolist() == [0, -1, 4]  # negative = unlabeled, kept
-    assert s.classes == ["0", "1", "2", "3", "4"]
+    assert s.targets.tolist() == [0, -1, 3]  # negative = unlabeled, kept; ids 0, 1, 2, 4 -> classes 0..3
+    assert s.classes == ["0", "1", "2", "4"]  # class i is named by its id
     t = load_split(f"npz:{tmp_path / 'd.npz'}", "test")
     assert t.images.shape == (2, 4, 7, 1) and t.images[1, 0, 5, 0] == 28 + 5
     assert t.targets.dtype == np.int64 and t.targets.tolist() == [1, 2]
-    assert t.classes == s.classes  # from the largest label in the whole file
+    assert t.classes == s.classes  # from the ids of every label array in the file
     assert tuple(t.get(1).shape) == (1, 4, 7)
 
 
@@ -611,3 +611,81 @@ def test_real_fashion_mnist():
     assert sorted(set(tr.targets.tolist())) == list(range(10))
     assert np.bincount(tr.targets).tolist() == [6000] * 10 and np.bincount(te.targets).tolist() == [1000] * 10
     assert tr.targets[0] == 9 and te.targets[0] == 9  # the first image of each split is an ankle boot
+
+
+# ----------------------------------------------------------------------------- content fingerprints (issue 17)
+
+def _bmp_folder(root, n=3, size=8):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / split / c / f"{i}.bmp")
+
+
+def test_folder_fingerprint_follows_content_not_size(tmp_path):
+    """Two test images swapped in place (same sizes, mtimes restored): the old path + size fingerprint
+    stayed the same and eval kept stale numbers; the content fingerprint changes."""
+    import os
+
+    from eval.datasets import file_digests, load_folder
+
+    _bmp_folder(tmp_path / "ds")
+    before = load_folder(tmp_path / "ds", "test").fingerprint()
+    assert load_folder(tmp_path / "ds", "test").fingerprint() == before  # stable (now from the index)
+    a, b = tmp_path / "ds/test/a/0.bmp", tmp_path / "ds/test/b/0.bmp"
+    ra, rb = a.read_bytes(), b.read_bytes()
+    assert len(ra) == len(rb) and ra != rb
+    sa, sb = a.stat(), b.stat()
+    a.write_bytes(rb)
+    b.write_bytes(ra)
+    os.utime(a, ns=(sa.st_atime_ns, sa.st_mtime_ns))
+    os.utime(b, ns=(sb.st_atime_ns, sb.st_mtime_ns))
+    split = load_folder(tmp_path / "ds", "test")
+    assert split.fingerprint() != before
+    assert file_digests([a, b]) == [__import__("hashlib").sha256(rb).hexdigest(),
+                                     __import__("hashlib").sha256(ra).hexdigest()]
+    b.write_bytes(rb)  # swap back: the original fingerprint again
+    a.write_bytes(ra)
+    assert load_folder(tmp_path / "ds", "test").fingerprint() == before
+
+
+def test_npz_any_ids_and_dtypes_map_to_contiguous_classes(tmp_path):
+    """Issue 17: labels {0, 10^9} grew a process to 22 GB (per-id arrays); uint8 255 ('unlabelled')
+    became a class that won every vote. Ids of any integer dtype -> classes 0..K-1 named by their ids;
+    the unsigned maximum marks unlabelled train images (target -1) and is refused in test."""
+    im = np.zeros((4, 2, 2), np.uint8)
+    cases = [(np.array([0, 10**9, 0, 10**9]), np.array([10**9, 0], np.int32), [0, 1, 0, 1], [1, 0],
+              ["0", "1000000000"]),
+             (np.array([9, 255, 3, 3], np.uint8), np.array([3, 9], np.uint8), [1, -1, 0, 0], [0, 1], ["3", "9"]),
+             (np.array([2**63 + 5, 7, 7, 2**64 - 1], np.uint64), np.array([7, 2**63 + 5], np.uint64), [1, 0, 0, -1],
+              [0, 1], ["7", str(2**63 + 5)]),
+             (np.array([-3, 7, -1, 3], np.int8), np.array([7, 3], np.int16), [-1, 1, -1, 0], [1, 0], ["3", "7"])]
+    for tr, te, want_tr, want_te, names in cases:
+        np.savez(tmp_path / "d.npz", train_image=im, train_label=tr, test_image=im[:2], test_label=te)
+        a, b = load_split(f"npz:{tmp_path / 'd.npz'}", "train"), load_split(f"npz:{tmp_path / 'd.npz'}", "test")
+        assert a.targets.tolist() == want_tr and b.targets.tolist() == want_te, tr.dtype
+        assert a.classes == b.classes == names
+    np.savez(tmp_path / "d.npz", train_image=im, train_label=np.array([0, 1, 1, 0], np.uint8), test_image=im[:2],
+             test_label=np.array([0, 255], np.uint8))
+    with pytest.raises(DatasetError, match=r"the uint8 'unlabelled' label 255; only train labels may be < 0"):
+        load_split(f"npz:{tmp_path / 'd.npz'}", "test")
+
+
+def test_explicit_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    """Issue 17: a --root without the data silently fell back to the data home / system copy."""
+    home = tmp_path / "data_home" / "mnist"
+    home.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem, arr in (("t10k-images-idx3-ubyte", rng.integers(0, 256, (2, 3, 3), dtype=np.uint8)),
+                      ("t10k-labels-idx1-ubyte", np.array([1, 2], np.uint8))):
+        head = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+        (home / stem).write_bytes(head + arr.tobytes())
+    assert len(load_split("mnist", "test")) == 2  # the data home is used without --root
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFound, match=str(empty)):
+        load_split("mnist", "test", root=str(empty))
+    with pytest.raises(DatasetError, match=r"--root .* applies to catalogue data sets; npz:PATH names its own"):
+        load_split(f"npz:{tmp_path / 'x.npz'}", "test", root=str(empty))

@@ -691,3 +691,38 @@ def test_knn_bounds_benchmark_smoke(tmp_path):
     rows = {r["row"]: r["seconds"] for r in json.loads(out.read_text())["results"]}
     assert {"knn_probe k=20 (fp32, exact)", "matmul int8 (torch._int_mm)", "top-k k=20 of fp32 scores"} <= set(rows)
     assert rows["lower bound fp32 + top-k k=20"] == pytest.approx(rows["matmul fp32"] + rows["top-k k=20 of fp32 scores"])
+
+
+# ----------------------------------------------------------------------------- determinism (issue 17)
+
+def _det_data(n=4500, nt=600, d=96, c=6, seed=0):
+    rng = np.random.default_rng(seed)
+    y, yt = rng.integers(0, c, n), rng.integers(0, c, nt)
+    mu = rng.normal(size=(c, d)) * 0.35
+    return ((mu[y] + rng.normal(size=(n, d))).astype(np.float32), y,
+            (mu[yt] + rng.normal(size=(nt, d))).astype(np.float32), yt)
+
+
+def test_probes_bit_identical_at_1_and_2_threads():
+    """Same data and seeds at 1 and 2 threads: identical accuracies, selected l2 and fitted weights
+    (torch.equal). Without eval.solver.one_thread the spectral preconditioner's eigh and the long-inner-
+    dimension gradient GEMM round differently at 2 threads and the weights differ in the last bits."""
+    x, y, xt, yt = _det_data()
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            lin = probes.linear_probe(x, y, xt, yt, l2_grid=[1e-3, 1e-1, 10.0], max_iter=60)
+            few = probes.fewshot_probe(x, y, xt, yt, shots=[5], seeds=[0, 1], l2_grid=[1e-3, 1e-1, 10.0],
+                                       max_iter=60)
+            knn = probes.knn_probe(x, y, xt, yt, k=20, chunk=256)
+            W = solver.fit_logreg_spectral(torch.as_tensor(x), torch.as_tensor(y), 6, [1e-2], tol=1e-6,
+                                           max_iter=40)
+            out[th] = (lin, few, knn, W)
+            assert torch.get_num_threads() == th  # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(before)
+    (l1, f1, k1, W1), (l2, f2, k2, W2) = out[1], out[2]
+    assert l1 == l2 and f1 == f2 and k1 == k2
+    assert torch.equal(W1[0], W2[0]) and torch.equal(W1[1], W2[1])

@@ -365,3 +365,24 @@ def test_feature_cache_with_a_flipped_byte_is_recomputed_not_used(tmp_path, capl
     caplog.clear()
     third, _ = extract(model, split, preprocess=pre)  # the entry was rewritten intact
     assert torch.equal(third, ref) and "recomputing" not in caplog.text
+
+
+def test_force_says_when_a_recomputed_value_differs_and_knn_is_labelled_with_its_real_k(tiny, caplog):
+    """Issue 17: --force replaced a stored number by a different one silently; kNN k=200 on 24 train
+    images ran with k=24 but was labelled k=200."""
+    import logging
+
+    model, data = tiny
+    rows, _ = _evaluate(model, data, probes=("knn",))
+    assert ("tinymodel", "knn k=24 T=0.1") in rows and ("tinymodel", "knn k=20 T=0.07") in rows
+    with caplog.at_level(logging.WARNING, logger="eval.run"):
+        _evaluate(model, data, probes=("knn",), force=True)  # same number again: nothing to say
+    assert not [r for r in caplog.records if "recomputed" in r.getMessage()]
+    with sqlite3.connect(default_path()) as con:  # a stored value computed under other circumstances
+        con.execute("UPDATE results SET accuracy = accuracy + 1 WHERE protocol = 'knn k=20 T=0.07'")
+    with caplog.at_level(logging.WARNING, logger="eval.run"):
+        rows, info = _evaluate(model, data, probes=("knn",), force=True)
+    msgs = [r.getMessage() for r in caplog.records if "recomputed" in r.getMessage()]
+    assert len(msgs) == 1 and "knn k=20 T=0.07" in msgs[0] and "\n" not in msgs[0]
+    with ResultStore() as s:
+        assert s.count() == 2

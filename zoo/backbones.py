@@ -13,11 +13,20 @@ forward pass returns the globally pooled feature ``[B, D]``. Variants are explic
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
+
+from .base import SSLZooError, did_you_mean
+
+__all__ = ["ARCHS", "ArchError", "BottleneckExpand", "build_resnet", "check_arch"]
+
+
+class ArchError(SSLZooError, ValueError):
+    """An architecture description (a zoo folder's ``config.json`` ``arch``) that cannot be built."""
 
 ARCHS = {
     "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
@@ -71,6 +80,8 @@ def build_resnet(
     expand_mid: int = 512,
 ) -> nn.Module:
     """Build a headless ResNet encoder mapping ``[B, in_chans, H, W]`` to ``[B, feature_dim]``."""
+    check_arch(dict(arch=arch, stem=stem, stem_padding=stem_padding, maxpool=maxpool, width=width, in_chans=in_chans,
+                    expand_dim=expand_dim, expand_mid=expand_mid))
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     if stem not in ("imagenet", "cifar"):
@@ -103,3 +114,38 @@ def build_resnet(
             nn.init.zeros_(m.bias)
     net.feature_dim = feat
     return net
+
+
+#: Per argument of :func:`build_resnet`: accepted values, described.
+_INT_ARGS = {"width": 1, "in_chans": 1, "stem_padding": 0, "expand_mid": 1, "expand_dim": 1}
+
+
+def check_arch(arch: dict) -> dict:
+    """Check ``arch`` (keyword arguments of :func:`build_resnet`, as a ``config.json`` holds them)
+    against the builder's real parameters before anything is built: unknown keys (with "did you
+    mean"), wrong types and out-of-range values are one :class:`ArchError` line. Returns ``arch``."""
+    if not isinstance(arch, dict):
+        raise ArchError(f"'arch' must be an object of build_resnet arguments, got {type(arch).__name__}")
+    params = [p for p in inspect.signature(build_resnet).parameters]
+    for key in arch:
+        if key not in params:
+            raise ArchError(f"unknown arch key {key!r}{did_you_mean(key, params, quote=True)} "
+                            f"(build_resnet takes {', '.join(params)})")
+    a = arch.get("arch", "resnet18")
+    if a not in ARCHS:
+        raise ArchError(f"unknown arch {a!r}{did_you_mean(a, ARCHS, quote=True)} (choose one of {', '.join(sorted(ARCHS))})")
+    if arch.get("stem", "imagenet") not in ("imagenet", "cifar"):
+        raise ArchError(f"unknown stem {arch.get('stem')!r}; choose 'imagenet' or 'cifar'")
+    if not isinstance(arch.get("maxpool", True), bool):
+        raise ArchError(f"arch maxpool must be true or false, got {arch.get('maxpool')!r}")
+    for key, low in _INT_ARGS.items():
+        if key not in arch or (key == "expand_dim" and arch[key] is None):  # expand_dim null: no expansion
+            continue
+        v = arch[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low or v > 1 << 16:
+            raise ArchError(f"arch {key} must be an integer in {low}..{1 << 16}, got {v!r}")
+    if arch.get("expand_dim") is not None:
+        trunk = arch.get("width", 64) * 8 * ARCHS[a][0].expansion
+        if arch["expand_dim"] % trunk:
+            raise ArchError(f"arch expand_dim {arch['expand_dim']} must be a multiple of the trunk dim {trunk}")
+    return arch

@@ -65,8 +65,9 @@ def did_you_mean(name, options, n: int = 3, cutoff: float = 0.6, quote: bool = F
 
 
 def home() -> Path:
-    """``$SSLZOO_HOME`` (default ``~/.cache/sslzoo``)."""
-    return Path(os.environ.get("SSLZOO_HOME", Path.home() / ".cache" / "sslzoo")).expanduser()
+    """``$SSLZOO_HOME`` (default ``~/.cache/sslzoo``). Set but empty (``SSLZOO_HOME=``) counts as unset,
+    so the cache and store never land in the current directory."""
+    return Path(os.environ.get("SSLZOO_HOME") or Path.home() / ".cache" / "sslzoo").expanduser()
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -28,11 +28,17 @@ from pathlib import Path
 
 import torch
 
-from .backbones import build_resnet
+from .backbones import ArchError, build_resnet, check_arch
 from .base import SSLZooError, home
 from .io import CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_safetensors, load_strict, read_config, sha256_file
 from .preprocess import Preprocess
 from .registry import BUNDLED_DIR, ModelRecord, get_record
+
+
+#: Above this many values (256 MB in float32) a zoo folder's architecture must fit its weights file.
+LARGE_MODEL_VALUES = 1 << 26
+#: pretrained=False from a folder: the largest random model built without a weights file to back it.
+MAX_RANDOM_VALUES = 1 << 30
 
 
 def is_zoo_folder(path: str | Path) -> bool:
@@ -212,6 +218,21 @@ def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: s
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{folder}/{CONFIG_NAME} lacks a valid 'arch'/'preprocess' section ({e})") from None
         arch.update(arch_overrides)
+        if not pretrained and weights is not None:  # explicit weights are loaded or refused, never ignored
+            raise WeightsError(f"pretrained=False builds random weights, but weights={weights} was given; drop one")
+        try:
+            with torch.device("meta"):  # shapes only: memory is bounded before anything is allocated
+                n_values = sum(v.numel() for v in build_resnet(**check_arch(arch)).state_dict().values())
+        except ArchError as e:
+            raise WeightsError(f"{folder}/{CONFIG_NAME}: {e}") from None
+        wpath = Path(weights) if (pretrained and weights) else folder / WEIGHTS_NAME
+        # a large model must be backed by a file that can hold it (2 bytes a value at least), so a config
+        # that does not belong to its weights (width 4096) cannot allocate tens of GB before the check
+        if n_values > LARGE_MODEL_VALUES and (not wpath.is_file() or 2 * n_values > wpath.stat().st_size) and (
+                pretrained or n_values > MAX_RANDOM_VALUES):
+            size = f"{wpath.stat().st_size:,} bytes" if wpath.is_file() else "missing"
+            raise WeightsError(f"{folder}/{CONFIG_NAME} describes {n_values:,} weights, more than {wpath} "
+                               f"({size}) can hold; the config does not belong to these weights")
         model = build_resnet(**arch)
         sha = None
         if pretrained:
@@ -223,6 +244,8 @@ def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: s
             load_strict(model, load_safetensors(path), source=str(path))
         return _finish(model, pre, cfg, sha, f"folder {folder}" if pretrained else None)
     record = get_record(str(name_or_folder))
+    if not pretrained and weights is not None:  # explicit weights are loaded or refused, never ignored
+        raise WeightsError(f"pretrained=False builds random weights, but weights={weights} was given; drop one")
     arch = dict(record.arch)
     arch.update(arch_overrides)
     model = build_resnet(**arch)

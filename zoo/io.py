@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -40,10 +41,33 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def canonicalise_safetensors_header(path: str | Path) -> None:
+    """Rewrite, in place, the JSON header of the safetensors file ``path`` with its ``__metadata__``
+    keys sorted, so the same tensors and metadata always give the same bytes (same sha256).
+
+    ``safetensors.save_file`` writes the metadata from a hash map, in an order that changes from
+    process to process (four conversions of one checkpoint gave two sha256); the tensor entries and
+    data are already in a fixed order. The header is compact JSON, so reordering keeps its length and
+    every data offset."""
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # not the compact header safetensors writes: leave the file as it is
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
 def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
-    """``safetensors.save_file`` to a temporary file beside ``path``, then rename into place."""
+    """``safetensors.save_file`` to a temporary file beside ``path``, its header made canonical
+    (:func:`canonicalise_safetensors_header`: byte-reproducible), then renamed into place."""
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        canonicalise_safetensors_header(tmp)
 
 
 TIMM_ARCHS = ("resnet18", "resnet34", "resnet50")  # zoo.backbones.ARCHS that timm builds with the same keys
@@ -127,6 +151,12 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str = "checkp
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
               if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    dtypes = [f"{k} {str(state_dict[k].dtype).removeprefix('torch.')}" for k, v in own.items()
+              if k in state_dict and v.is_floating_point() and not state_dict[k].is_floating_point()]
+    if dtypes and not (missing or unexpected or shapes):  # copy_ would cast them silently: chance-level features
+        more = f" (+{len(dtypes) - 3} more)" if len(dtypes) > 3 else ""
+        raise WeightsError(f"{source} holds integer tensors for float parameters ({', '.join(dtypes[:3])}{more}); "
+                           f"export the weights as floating point")
     if missing or unexpected or shapes:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
