@@ -2,6 +2,7 @@
 zoo.hub.create_model and `sslzoo eval`, offline (random init, local weight files, a local HF cache)."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_timm_local_weights_file_with_or_without_classifier(tmp_path):
         create_model("timm:resnet18", weights=bad)
 
 
-def test_torchvision_features_preprocessing_and_weights_file(tmp_path):
+def test_torchvision_features_preprocessing_and_weights_file(tmp_path, monkeypatch):
     import torchvision
     from torchvision.models import ResNet18_Weights
 
@@ -103,6 +104,18 @@ def test_torchvision_features_preprocessing_and_weights_file(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(X), ref(X)) and m(X).shape == (2, 512)
     assert m.weights_sha256 == sha256_file(path)
+    # named weights: torchvision's own loader from torch.hub's cache (offline here, so the file is put there)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    with pytest.raises(ExternalModelError, match=r"HF_HUB_OFFLINE is set and .*resnet18-f37072fd\.pth is not "
+                                                 r"downloaded"):
+        create_model("torchvision:resnet18.IMAGENET1K_V1")
+    cached.parent.mkdir(parents=True)
+    torch.save(torch.load(path, weights_only=True), cached)
+    m = create_model("torchvision:resnet18.IMAGENET1K_V1")
+    with torch.no_grad():
+        assert torch.equal(m(X), ref(X))
+    assert m.weights_sha256 == sha256_file(cached)
     # the feature before the classifier, for the other head layouts
     for name, dim in (("mobilenet_v3_small", 1024), ("vit_b_16", 768)):
         mm = create_model(f"torchvision:{name}", pretrained=False)
@@ -192,8 +205,11 @@ def test_transformers_vit_cls_token_and_resnet_pooler(tmp_path):
 def _gray_npz(path):
     rng = np.random.default_rng(0)
     y_tr, y_te = np.repeat(np.arange(2), 6), np.repeat(np.arange(2), 3)
-    img = lambda y: np.clip(np.where(y[:, None, None] == 0, 50, 200) + rng.normal(0, 25, (len(y), 28, 28)), 0,
-                            255).astype(np.uint8)  # noqa: E731  (1-channel, like Fashion-MNIST)
+
+    def img(y):  # 1-channel 28 x 28, like Fashion-MNIST: dark class 0, light class 1
+        return np.clip(np.where(y[:, None, None] == 0, 50, 200) + rng.normal(0, 25, (len(y), 28, 28)), 0,
+                       255).astype(np.uint8)
+
     np.savez(path, train_image=img(y_tr), train_label=y_tr, test_image=img(y_te), test_label=y_te)
     return f"npz:{path}"
 
@@ -219,7 +235,7 @@ def test_cli_eval_external_models_beside_a_zoo_model(tmp_path):
     assert lb.returncode == 0, lb.stderr
     rows = json.loads(lb.stdout)
     by = {(x["model"], x["protocol"]): x for x in rows}
-    assert set(x["model"] for x in rows) == {"torchvision:mobilenet_v3_small (random init, seed 0)", "pixels",
+    assert {x["model"] for x in rows} == {"torchvision:mobilenet_v3_small (random init, seed 0)", "pixels",
                                             "timm:mobilenetv3_small_050 (weights mnv3.safetensors)",
                                             "timm:mobilenetv3_small_050 (random init, seed 0)", "zoo_tiny"}
     sha = sha256_file(tmp_path / "mnv3.safetensors")

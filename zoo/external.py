@@ -328,7 +328,7 @@ def _build_timm(s: ExternalSpec, pretrained: bool, weights):
         source = f"timm pretrained: {p}" if p else "timm pretrained"
     else:
         model = strip(full)
-    pre, dc = _timm_preprocess(model, s.spec)
+    pre, _ = _timm_preprocess(model, s.spec)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     return model, pre, cfg, sha, source
 
@@ -373,7 +373,10 @@ def _build_torchvision(s: ExternalSpec, pretrained: bool, weights):
     sha = source = None
     with _Seeded():
         full = get_model(s.name, weights=None)
-    strip = lambda m: strip_classifier(m, s.spec)  # noqa: E731
+
+    def strip(m):
+        return strip_classifier(m, s.spec)
+
     if weights is not None:
         sd, sha = read_state_dict(weights)
         model = _load_with_or_without_head(full, strip, sd, source=f"{s.spec} weights {weights}")
@@ -384,7 +387,7 @@ def _build_torchvision(s: ExternalSpec, pretrained: bool, weights):
             raise ExternalModelError(f"{s.spec}: HF_HUB_OFFLINE is set and {cached} is not downloaded; run once with "
                                      f"network, or give a local file: weights=FILE (sslzoo eval --weights FILE)")
         try:
-            sd = w.get_state_dict(progress=False, check_hash=True)
+            sd = w.get_state_dict(progress=False, check_hash=True, weights_only=True)
         except Exception as e:  # no network, hash mismatch, ...
             raise _download_error(s.spec, e) from None
         load_strict(full, sd, source=f"{s.spec} weights {w.url}")
