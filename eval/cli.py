@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from zoo.base import check_out_path, parse_int_list
+from zoo.base import UsageError, check_out_path, parse_int_list
 
 from .protocols import PROTOCOLS
 
@@ -67,6 +67,9 @@ def run_eval(args) -> int:
     frozen = [p for p in probes if p not in PROTOCOLS]
     trained = [PROTOCOLS[p] for p in probes if p in PROTOCOLS]
     seeds = parse_int_list(args.seeds, "--seeds")
+    if args.weights and trained:
+        raise UsageError(f"--weights applies to the frozen probes only, not to {', '.join(p.name for p in trained)}; "
+                         f"run those with a zoo folder as --model")
     prepared = {protocol.name: protocol.prepare(args) for protocol in trained}  # bad input before any work
     info: dict = {}
     rows = []

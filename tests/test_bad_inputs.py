@@ -690,6 +690,12 @@ def external_weights_file_does_not_fit(tmp):
     return _eval(tmp, "timm:resnet18", None, "--weights", str(tmp / "odd.safetensors"))
 
 
+@external_case(r"--weights applies to the frozen probes only, not to finetune; run those with a zoo folder as --model")
+def weights_file_with_finetune(tmp):
+    (tmp / "w.safetensors").write_bytes(b"never read")
+    return _eval(tmp, "timm:resnet18", None, "--weights", str(tmp / "w.safetensors"), "--probes", "knn,finetune")
+
+
 @pytest.mark.parametrize("name", EXTERNAL_CASES)
 def test_bad_input_external(name, tmp_path):
     pytest.importorskip("timm", reason="timm is an optional extra (pip install ssl-zoo[timm]); CI installs it")
