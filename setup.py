@@ -31,12 +31,13 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
     ],
-    # olah: a real HF-compatible hub served on loopback for tests/test_hf_loopback.py; timm: the same test loads a
-    # published mirror with timm.create_model("hf-hub:...")
+    # olah: a real HF-compatible hub served on loopback for tests/test_hf_loopback.py; timm: that test loads a
+    # published mirror with timm.create_model("hf-hub:..."); timm / transformers: the timm:, hf-hub: and hf: model
+    # specs (zoo/external.py, tests/test_external.py)
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4", "timm>=0.9"],
-        # timm reads the mirrors' config.json (architecture / num_features / pretrained_cfg) for plain ResNets
+        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4", "timm>=0.9", "transformers>=4.35"],
         "timm": ["timm>=0.9"],
+        "transformers": ["transformers>=4.35"],
         # benchmarks/: the alternatives they time (lightly's SimCLR pipeline, sklearn's LogisticRegression).
         # lightly's own requirements (pytorch_lightning, hydra) are not needed by benchmarks/train_speed.py;
         # to keep torch untouched: pip install --no-deps lightly lightning-utilities

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from zoo.base import check_out_path, parse_int_list
+from zoo.base import UsageError, check_out_path, parse_int_list
 
 from .protocols import PROTOCOLS
 
@@ -13,7 +13,11 @@ DEFAULT_DATASET = "fashion-mnist"
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="linear / few-shot / kNN probes on frozen features; prints the table")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or zoo folder (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registry name, zoo folder, or timm:NAME[.TAG], hf-hub:ORG/NAME, hf:ORG/NAME, "
+                        f"torchvision:NAME[.WEIGHTS] (default {DEFAULT_MODEL})")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="load the model's weights from this local file (safetensors or a torch state dict)")
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help="catalogue name, folder:PATH or npz:PATH (default fashion-mnist)")
     trained = "".join(f" and {name} (trains the encoder: slow)" for name in PROTOCOLS)
@@ -62,6 +66,9 @@ def run_eval(args) -> int:
     frozen = [p for p in probes if p not in PROTOCOLS]
     trained = [PROTOCOLS[p] for p in probes if p in PROTOCOLS]
     seeds = parse_int_list(args.seeds, "--seeds")
+    if args.weights and trained:
+        raise UsageError(f"--weights applies to the frozen probes only, not to {', '.join(p.name for p in trained)}; "
+                         f"run those with a zoo folder as --model")
     prepared = {protocol.name: protocol.prepare(args) for protocol in trained}  # bad input before any work
     info: dict = {}
     rows = []
@@ -74,7 +81,7 @@ def run_eval(args) -> int:
                              seeds=seeds, baselines=baselines, root=args.root, download=args.download,
                              precision=args.precision, batch_size=args.batch_size, cache=not args.no_cache,
                              force=args.force, info=info, feature_store=args.feature_store,
-                             store_dtype=args.store_dtype)
+                             store_dtype=args.store_dtype, weights=args.weights)
         if not D.is_main():
             return 0
     finally:

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from zoo.base import home
+from zoo.external import external_label, is_external, is_random_init
 from zoo.hub import create_model
 
 from . import distributed as D
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PROBES", "cli_probes", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
            "evaluate", "check_inputs", "model_label", "dataset_label", "data_fingerprint"]
+
+logger = logging.getLogger(__name__)
 
 PROBES = ("linear", "fewshot", "knn")  # frozen-feature probes, run here; protocols that train the encoder
 # (finetune) register in eval.protocols and share the store and tables
@@ -53,8 +56,12 @@ def parse_probes(spec: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def model_label(model_spec) -> str:
-    """The name a model gets in the store and tables: a folder's name, else the registry name."""
+def model_label(model_spec, weights=None) -> str:
+    """The name a model gets in the store and tables: a folder's name, else the registry name; an external
+    spec (``timm:`` / ``hf-hub:`` / ``hf:`` / ``torchvision:``) with its weights file's name or its random
+    init said (:func:`zoo.external.external_label`)."""
+    if is_external(model_spec):
+        return external_label(model_spec, weights)
     p = Path(model_spec)
     return p.name if p.exists() else str(model_spec)
 
@@ -256,7 +263,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
              baselines=(), root: str | None = None, download: bool = False, precision: str = "fp32",
              batch_size: int = 512, cache: bool = True, save: bool = True, force: bool = False,
              store: ResultStore | None = None, info: dict | None = None, feature_store: bool = False,
-             store_dtype: str = "fp32", label: str | None = None) -> list[dict]:
+             store_dtype: str = "fp32", label: str | None = None, weights: str | None = None) -> list[dict]:
     """Evaluate ``model_spec`` (+ optional baselines) on ``dataset``; returns table rows (one per model x
     protocol, mean ± std over seeds, see :func:`eval.store.aggregate`).
 
@@ -268,6 +275,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
     Stored results with the same key are reused unless ``force`` (or ``cache=False``); new results
     are stored when ``save``. ``info``, when given, receives ``reused`` and ``computed`` counts.
     ``label`` names the model in the store and tables (default: the folder's name or registry name).
+    ``weights``: a local weights file for the model (``create_model(..., weights=)``).
 
     ``finetune`` is not a frozen-feature probe: it lives in :func:`training.finetune.evaluate_finetune`."""
     probes = list(dict.fromkeys(probes))
@@ -291,7 +299,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
     main = D.is_main()
     shots = list(dict.fromkeys(int(k) for k in shots))
     seeds = list(dict.fromkeys(int(s) for s in seeds))
-    model = create_model(model_spec, pretrained=True)  # unknown names and bad weights fail first: cheap
+    model = create_model(model_spec, pretrained=True, weights=weights)  # unknown names, bad weights fail first
     train = load_split(dataset, "train", root=root, download=download)
     test = load_split(dataset, "test", root=root, download=download)
     check_inputs(train, test, probes, shots, seeds)
@@ -305,8 +313,11 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
     n_labelled = int((np.asarray(train.targets) >= 0).sum())
     ds_name = dataset_label(dataset, train)
     data_fp = data_fingerprint(train, test)
-    name = label or model_label(model_spec)
+    name = label or model_label(model_spec, weights)
     candidates = [(name, model)]
+    if "random-init" in baselines and is_random_init(model_spec, weights):
+        logger.info("%s is itself random init (seed 0); no separate random-init baseline", model_spec)
+        baselines = tuple(b for b in baselines if b != "random-init")
     for b in baselines:
         if b == "pixels":
             candidates.append(("pixels", Pixels(model.preprocess)))
@@ -314,7 +325,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             torch.manual_seed(0)
             rnd = create_model(model_spec, pretrained=False)
             rnd.weights_sha256 = None
-            candidates.append((f"{name} (random init, seed 0)", rnd))
+            candidates.append((f"{label or model_label(model_spec)} (random init, seed 0)", rnd))
     own_store = store is None and (save or not force) and main
     if own_store:
         store = ResultStore()

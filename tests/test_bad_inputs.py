@@ -967,3 +967,52 @@ def test_explicit_inputs_honoured_or_refused(tmp_path, monkeypatch):
         create_model(BUNDLED, pretrained=False, weights=folder)
     monkeypatch.setenv("SSLZOO_HOME", "")
     assert home() == Path.home() / ".cache" / "sslzoo"
+# --- external encoders (timm: / hf-hub: / torchvision:, zoo/external.py): cases appended here, run by their own
+# test below (test_bad_input's parameter list was fixed before these registered)
+
+EXTERNAL_CASES = []
+
+
+def external_case(pattern):
+    def deco(fn):
+        EXTERNAL_CASES.append(fn.__name__)
+        return case(pattern)(fn)
+    return deco
+
+
+@external_case(r"unknown timm model 'resnet1'; did you mean resnet18")
+def external_unknown_timm_model(tmp):
+    return _eval(tmp, model="timm:resnet1")
+
+
+@external_case(r"torchvision resnet18 has no weights 'IMAGENET'; did you mean IMAGENET1K_V1\?; its weights: "
+               r"IMAGENET1K_V1, DEFAULT")
+def external_unknown_torchvision_weights(tmp):
+    return _eval(tmp, model="torchvision:resnet18.IMAGENET")
+
+
+@external_case(r"hf-hub:ssl-zoo-tests/no-such-repo: cannot download its files \(HF_HUB_OFFLINE is set and they are "
+               r"not in the local cache\); run once with network .* --weights FILE")
+def external_offline_not_cached(tmp):
+    return _eval(tmp, model="hf-hub:ssl-zoo-tests/no-such-repo")
+
+
+@external_case(r"timm:resnet18 weights .*odd\.safetensors does not fit the architecture: missing: .*unexpected: "
+               r"backbone\.conv1\.weight")
+def external_weights_file_does_not_fit(tmp):
+    from safetensors.torch import save_file
+
+    save_file({"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp / "odd.safetensors")
+    return _eval(tmp, "timm:resnet18", None, "--weights", str(tmp / "odd.safetensors"))
+
+
+@external_case(r"--weights applies to the frozen probes only, not to finetune; run those with a zoo folder as --model")
+def weights_file_with_finetune(tmp):
+    (tmp / "w.safetensors").write_bytes(b"never read")
+    return _eval(tmp, "timm:resnet18", None, "--weights", str(tmp / "w.safetensors"), "--probes", "knn,finetune")
+
+
+@pytest.mark.parametrize("name", EXTERNAL_CASES)
+def test_bad_input_external(name, tmp_path):
+    pytest.importorskip("timm", reason="timm is an optional extra (pip install ssl-zoo[timm]); CI installs it")
+    test_bad_input(name, tmp_path)

@@ -30,6 +30,7 @@ import torch
 
 from .backbones import ArchError, build_resnet, check_arch
 from .base import SSLZooError, home
+from .external import create_external, is_external
 from .io import CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_safetensors, load_strict, read_config, sha256_file
 from .preprocess import Preprocess
 from .registry import BUNDLED_DIR, ModelRecord, get_record
@@ -206,7 +207,13 @@ def _finish(model: torch.nn.Module, preprocess: Preprocess, cfg, sha: str | None
 def create_model(name_or_folder: str | Path, pretrained: bool = True, weights: str | Path | None = None,
                  **arch_overrides) -> torch.nn.Module:
     """Build a zoo encoder by registry name, or from a zoo folder (``model.safetensors`` +
-    ``config.json``). The model is returned in eval mode."""
+    ``config.json``), or an external encoder from a ``timm:`` / ``hf-hub:`` / ``hf:`` / ``torchvision:``
+    spec (:mod:`zoo.external`). The model is returned in eval mode."""
+    if is_external(name_or_folder):
+        if arch_overrides:
+            raise WeightsError(f"{name_or_folder}: architecture overrides {sorted(arch_overrides)} apply to zoo "
+                               f"ResNets only")
+        return _finish(*create_external(name_or_folder, pretrained=pretrained, weights=weights))
     folder = Path(name_or_folder)
     if folder.exists() or isinstance(name_or_folder, Path) or "/" in str(name_or_folder):
         if not is_zoo_folder(folder):
@@ -305,6 +312,8 @@ def from_pretrained(repo_id: str, *, revision: str | None = None, cache_dir: str
 
 
 def get_preprocessor(name_or_folder: str | Path) -> Preprocess:
+    if is_external(name_or_folder):
+        return create_external(name_or_folder, pretrained=False)[1]
     if is_zoo_folder(name_or_folder):
         return Preprocess.from_dict(read_config(name_or_folder)["preprocess"])
     return get_record(str(name_or_folder)).preprocess
