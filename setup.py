@@ -33,7 +33,10 @@ setup(
     ],
     # olah: a real HF-compatible hub served on loopback for tests/test_hf_loopback.py
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4"],
+        # jax + flax: tests/test_flax.py builds UvA tutorial 17's Flax ResNet-18 and compares features
+        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4", "jax[cpu]>=0.4.20", "flax>=0.8", "msgpack>=1.0"],
+        # `sslzoo convert --format flax-msgpack` needs only msgpack; jax + flax run the Flax models themselves
+        "jax": ["jax[cpu]>=0.4.20", "flax>=0.8", "msgpack>=1.0"],
         # benchmarks/: the alternatives they time (lightly's SimCLR pipeline, sklearn's LogisticRegression).
         # lightly's own requirements (pytorch_lightning, hydra) are not needed by benchmarks/train_speed.py;
         # to keep torch untouched: pip install --no-deps lightly lightning-utilities
