@@ -5,10 +5,16 @@ re-creation of ``flaxmodels.ResNet18(output='activations', normalize=False, num_
 parameters and non-trivial batch statistics, serialises ``{'params', 'batch_stats'}`` with
 ``flax.serialization.to_bytes`` (what the notebook's ``checkpoints.save_checkpoint`` writes with flax's
 legacy backend), converts the file and compares the encoder's features with flax's ``encode`` in eval mode.
-It needs jax + flax (the ``jax`` / ``test`` extras) and is skipped without them; the reader tests need only
-msgpack.
+The flax side runs in a child process (tests/flax_tutorial.py), so JAX's threads never live in the pytest
+process. It needs jax + flax (the ``jax`` / ``test`` extras) and is skipped without them; the reader tests need
+only msgpack.
 """
-import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +31,7 @@ NAME = "simclr_resnet18_stl10_uva_tutorial_jax"
 
 # sha256 of the sorted "collection/path shape" lines of the variables of the tutorial's SimCLR module built with
 # the real flaxmodels 0.1.3 (pip install flaxmodels h5py; SimCLR(hidden_dim=128).init on [2, 96, 96, 3]):
-# 104 leaves. The re-creation below must have exactly this tree, so the names converted are flaxmodels' names.
+# 104 leaves. The re-creation in tests/flax_tutorial.py must have exactly this tree, so the names converted are flaxmodels' names.
 FLAXMODELS_TREE_SHA256 = "7363fdb107d9b461d7d0a02c8eee77029291c471e742c0b2be4e6283c8d39ffa"
 
 
@@ -35,7 +41,9 @@ def ndarray_ext(a: np.ndarray, code: int = 1, dtype_name: str | None = None) -> 
                                                use_bin_type=True))
 
 
-def test_reader_decodes_flax_encoding(tmp_path):
+def handbuilt(path: Path) -> dict:
+    """A msgpack file in flax's encoding (arrays, a bfloat16 array, a chunked array, a numpy scalar, a nil
+    collection), written by hand; returns the values it holds."""
     rng = np.random.default_rng(0)
     kernel = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)
     ints = np.arange(6, dtype=np.int64).reshape(2, 3)
@@ -49,25 +57,22 @@ def test_reader_decodes_flax_encoding(tmp_path):
                                "chunks": {"0": ndarray_ext(big[:6]), "1": ndarray_ext(big[6:])}}},
             "batch_stats": None, "step": msgpack.ExtType(3, msgpack.packb(((), "int32", np.int32(7).tobytes()),
                                                                          use_bin_type=True))}
-    data = msgpack.packb(tree, use_bin_type=True)
-    (tmp_path / "c.msgpack").write_bytes(data)
+    path.write_bytes(msgpack.packb(tree, use_bin_type=True))
+    return {"params/Conv_0/kernel": kernel, "params/ints": ints, "params/half": bf, "params/big": big.reshape(2, 5),
+            "step": np.int32(7)}
+
+
+def test_reader_decodes_flax_encoding(tmp_path):
+    expected = handbuilt(tmp_path / "c.msgpack")
     out = read_checkpoint(tmp_path / "c.msgpack")
-    np.testing.assert_array_equal(out["params"]["Conv_0"]["kernel"], kernel)
-    np.testing.assert_array_equal(out["params"]["ints"], ints)
-    np.testing.assert_array_equal(out["params"]["half"], bf)
-    np.testing.assert_array_equal(out["params"]["big"], big.reshape(2, 5))
-    assert out["batch_stats"] is None and out["step"] == 7
-    assert looks_like_msgpack(data[:8]) and not looks_like_msgpack(b"\x80\x02}q\x00")  # pickle protocol 2
-    try:
-        from flax.serialization import msgpack_restore
-    except ImportError:
-        return
-    ref = msgpack_restore(data)  # flax's own reader agrees leaf for leaf
-    for a, b in ((out["params"]["Conv_0"]["kernel"], ref["params"]["Conv_0"]["kernel"]),
-                 (out["params"]["ints"], ref["params"]["ints"]), (out["params"]["big"], ref["params"]["big"]),
-                 (out["params"]["half"], np.asarray(ref["params"]["half"], dtype=np.float32))):
-        np.testing.assert_array_equal(a, b)
-    assert int(ref["step"]) == out["step"]
+    p = out["params"]
+    for key, got in (("params/Conv_0/kernel", p["Conv_0"]["kernel"]), ("params/ints", p["ints"]),
+                     ("params/half", p["half"]), ("params/big", p["big"]), ("step", out["step"])):
+        np.testing.assert_array_equal(got, expected[key])
+        assert np.asarray(got).dtype == np.asarray(expected[key]).dtype
+    assert out["batch_stats"] is None
+    assert looks_like_msgpack((tmp_path / "c.msgpack").read_bytes()[:8])
+    assert not looks_like_msgpack(b"\x80\x02}q\x00")  # pickle protocol 2
 
 
 def logreg_ckpt(path):
@@ -110,107 +115,41 @@ def test_missing_msgpack_is_one_line(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- the tutorial's model in flax
 
 
-def tutorial_simclr():
-    """UvA tutorial 17 (JAX)'s ``SimCLR`` module (encoder + head, the loss left out) around a re-creation of
-    flaxmodels' ResNet18 (flaxmodels/resnet/resnet.py: same modules, same call order, hence the same names)."""
-    import flax.linen as nn
-
-    def bn(x, train):  # flaxmodels' ops.batch_norm: epsilon 1e-5, momentum 0.1 (Flax convention)
-        return nn.BatchNorm(use_running_average=not train, momentum=0.1, epsilon=1e-5)(x)
-
-    class BasicBlock(nn.Module):
-        features: int
-        downsample: bool = False
-
-        @nn.compact
-        def __call__(self, x, act, name, train=True):
-            residual = x
-            x = nn.Conv(self.features, (3, 3), strides=(2, 2) if self.downsample else (1, 1), padding=((1, 1), (1, 1)),
-                        use_bias=False)(x)
-            x = nn.relu(bn(x, train))
-            x = nn.Conv(self.features, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), use_bias=False)(x)
-            x = bn(x, train)
-            if self.downsample:
-                residual = bn(nn.Conv(self.features, (1, 1), strides=(2, 2), use_bias=False)(residual), train)
-            x = nn.relu(x + residual)
-            act[name] = x
-            return x
-
-    class ResNet18(nn.Module):
-        num_classes: int = 1000
-
-        @nn.compact
-        def __call__(self, x, train=True):
-            act = {}
-            x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(x)
-            x = nn.relu(bn(x, train))
-            x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-            for s, feats in enumerate((64, 128, 256, 512), 1):
-                for i in range(2):
-                    x = BasicBlock(feats, downsample=i == 0 and s > 1)(x, act, f"block{s}_{i}", train)
-            act["fc"] = nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
-            return act
-
-    class SimCLR(nn.Module):
-        hidden_dim: int = 128
-
-        def setup(self):
-            self.convnet = ResNet18(num_classes=4 * self.hidden_dim)
-            self.head = nn.Sequential([nn.relu, nn.Dense(self.hidden_dim)])
-
-        def __call__(self, imgs, train=True):
-            return self.head(self.convnet(imgs, train=train)["fc"])
-
-        def encode(self, imgs, train=False):
-            return self.convnet(imgs, train=train)["block4_1"].mean(axis=(1, 2))
-
-    return SimCLR(hidden_dim=128)
+@pytest.fixture(scope="module")
+def flax_side(tmp_path_factory):
+    """Reference files written by tests/flax_tutorial.py in a child process (see its docstring)."""
+    missing = [m for m in ("jax", "flax") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the Flax equivalence tests need {' + '.join(missing)} (pip install 'ssl-zoo[jax]')")
+    out = tmp_path_factory.mktemp("flax")
+    expected = handbuilt(out / "handbuilt.msgpack")
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, str(here / "flax_tutorial.py"), str(out), str(out / "handbuilt.msgpack")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, expected
 
 
-def tree_signature(variables) -> tuple[int, str]:
-    import jax
+def test_reader_agrees_with_flax_msgpack_restore(flax_side):
+    out, expected = flax_side
+    restored = np.load(out / "restored.npz")
+    assert sorted(restored.files) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(restored[key], value)
 
-    lines = sorted(f"{col}/{'/'.join(p.key for p in path)} {tuple(leaf.shape)}"
-                   for col in variables for path, leaf in jax.tree_util.tree_flatten_with_path(variables[col])[0])
-    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
-
-def test_tutorial_flax_checkpoint_converts_with_equal_features(tmp_path):
-    pytest.importorskip("jax", reason="the Flax equivalence test needs jax + flax (pip install 'ssl-zoo[jax]')")
-    pytest.importorskip("flax", reason="the Flax equivalence test needs jax + flax (pip install 'ssl-zoo[jax]')")
-    import jax
-    import jax.numpy as jnp
-    from flax import serialization
-
+def test_tutorial_flax_checkpoint_converts_with_equal_features(flax_side, tmp_path):
     from zoo.hub import create_model
 
-    model = tutorial_simclr()
-    # the variables' tree from tracing init (running flax's initialisers op by op takes far longer), then random
-    # values: He-normal kernels, BatchNorm scale / bias away from the init's 1 / 0 (which would hide a swapped
-    # pair); running statistics from a train-mode pass on random data (0.1 * init + 0.9 * batch, as flaxmodels'
-    # momentum keeps them), so they are neither 0 / 1 nor equal across channels
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 96, 96, 3)), train=True))
-    assert tree_signature(shapes) == (104, FLAXMODELS_TREE_SHA256)
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        value = {"kernel": lambda: rng.normal(0, np.sqrt(2.0 / np.prod(shape[:-1])), shape),
-                 "scale": lambda: rng.uniform(0.5, 1.5, shape), "bias": lambda: rng.normal(0, 0.2, shape),
-                 "mean": lambda: np.zeros(shape), "var": lambda: np.ones(shape)}[name]()
-        return jnp.asarray(value, jnp.float32)
-    variables = jax.tree_util.tree_map_with_path(fill, shapes)
-    params = variables["params"]
-    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 96, 96, 3)), jnp.float32)
-    _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    stats = upd["batch_stats"]
-    for name in ("mean", "var"):
-        v = np.asarray(stats["convnet"]["BasicBlock_5"]["BatchNorm_1"][name])
+    ref_dir, _ = flax_side
+    info = json.loads((ref_dir / "tree.json").read_text())
+    assert tuple(info["signature"]) == (104, FLAXMODELS_TREE_SHA256)
+    for name, v in info["stats_example"].items():  # running statistics neither 0 / 1 nor constant
+        v = np.asarray(v)
         assert v.std() > 0.01 and np.abs(v - (name == "var")).mean() > 0.01
 
-    ckpt = tmp_path / "SimCLR.ckpt"
-    ckpt.write_bytes(serialization.to_bytes({"params": params, "batch_stats": stats}))
-    out = convert(NAME, ckpt, tmp_path / "zoo", quiet=True)  # format, arch, preprocessing from the registry
+    out = convert(NAME, ref_dir / "SimCLR.ckpt", tmp_path / "zoo", quiet=True)  # format etc. from the registry
     cfg = read_config(out)
     assert cfg["source"]["format"] == "flax-msgpack" and cfg["feature_dim"] == 512
     assert cfg["arch"] == {"arch": "resnet18", "stem": "imagenet", "maxpool": True}
@@ -218,13 +157,11 @@ def test_tutorial_flax_checkpoint_converts_with_equal_features(tmp_path):
     assert cfg["source"]["upstream"]["flax_resnet"] == "params/convnet"
 
     # the tutorial's preprocessing (img / 255 * 2 - 1, 96 px), then features: flax encode (eval mode) vs ours
-    images = np.random.default_rng(3).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
-    x = images.astype(np.float32) / 255.0 * 2.0 - 1.0
-    bound = model.bind({"params": params, "batch_stats": stats})
-    ref = np.asarray(bound.encode(jnp.asarray(x), train=False))
+    images, ref = np.load(ref_dir / "images.npy"), np.load(ref_dir / "encode.npy")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0 * 2.0 - 1.0).permute(0, 3, 1, 2).contiguous()
     enc = create_model(out).eval()
     with torch.no_grad():
-        ours = enc(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+        ours = enc(x).numpy()
         via_preprocess = enc(enc.preprocess(torch.from_numpy(images).permute(0, 3, 1, 2))).numpy()
     assert ours.dtype == np.float32 and ours.shape == ref.shape == (4, 512)
     diff = float(np.abs(ours - ref).max())
@@ -236,7 +173,7 @@ def test_tutorial_flax_checkpoint_converts_with_equal_features(tmp_path):
     heads = load_safetensors(out / "heads.safetensors")
     assert sorted(heads) == ["convnet.Dense_0.bias", "convnet.Dense_0.weight", "head.layers_1.bias",
                              "head.layers_1.weight"]
-    h = torch.from_numpy(np.array(ref))
+    h = torch.from_numpy(ref)
     z = torch.relu(h @ heads["convnet.Dense_0.weight"].T + heads["convnet.Dense_0.bias"])
     z = z @ heads["head.layers_1.weight"].T + heads["head.layers_1.bias"]
-    assert float((z - torch.from_numpy(np.array(bound(jnp.asarray(x), train=False)))).abs().max()) <= 1e-4
+    assert float((z - torch.from_numpy(np.load(ref_dir / "project.npy"))).abs().max()) <= 1e-4
