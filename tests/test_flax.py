@@ -102,6 +102,12 @@ def test_msgpack_given_to_a_pytorch_format_names_the_flax_converter(tmp_path):
         convert(NAME, tmp_path / "cut.ckpt", tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
     assert "flax-msgpack" in FORMATS
+    # given to the model as weights= (a safetensors file or zoo folder is expected)
+    from zoo.hub import create_model
+
+    with pytest.raises(WeightsError, match=r"is a Flax/JAX msgpack checkpoint, not safetensors; convert it first: "
+                                           rf"sslzoo convert {NAME} --checkpoint .* --format flax-msgpack"):
+        create_model(NAME, weights=ck)
 
 
 
