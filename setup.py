@@ -35,9 +35,13 @@ setup(
     # published mirror with timm.create_model("hf-hub:..."); timm / transformers: the timm:, hf-hub: and hf: model
     # specs (zoo/external.py, tests/test_external.py)
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4", "timm>=0.9", "transformers>=4.35"],
+        # jax + flax: tests/test_flax.py builds UvA tutorial 17's Flax ResNet-18 and compares features
+        "test": ["pytest>=7", "hypothesis>=6", "olah==0.5.4", "timm>=0.9", "transformers>=4.35", "jax[cpu]>=0.4.20",
+                 "flax>=0.8", "msgpack>=1.0"],
         "timm": ["timm>=0.9"],
         "transformers": ["transformers>=4.35"],
+        # `sslzoo convert --format flax-msgpack` needs only msgpack; jax + flax run the Flax models themselves
+        "jax": ["jax[cpu]>=0.4.20", "flax>=0.8", "msgpack>=1.0"],
         # benchmarks/: the alternatives they time (lightly's SimCLR pipeline, sklearn's LogisticRegression).
         # lightly's own requirements (pytorch_lightning, hydra) are not needed by benchmarks/train_speed.py;
         # to keep torch untouched: pip install --no-deps lightly lightning-utilities

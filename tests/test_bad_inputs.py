@@ -1015,4 +1015,31 @@ def weights_file_with_finetune(tmp):
 @pytest.mark.parametrize("name", EXTERNAL_CASES)
 def test_bad_input_external(name, tmp_path):
     pytest.importorskip("timm", reason="timm is an optional extra (pip install ssl-zoo[timm]); CI installs it")
+# ----------------------------------------------------------------------------- Flax / JAX checkpoints (issue 19)
+# Registered after test_bad_input's parametrisation was built, so each case runs through it here; CASES (hence
+# test_every_case_is_documented) includes them.
+
+# msgpack bytes of {"params": {...}, "batch_stats": nil}, what flax.serialization.to_bytes writes for a tree
+_FLAX_EMPTY = b"\x82\xa6params\x80\xabbatch_stats\xc0"
+_FLAX_LOGREG = b"\x82\xa6params\x81\xa7Dense_0\x80\xabbatch_stats\xc0"  # LogisticRegression_10.ckpt's modules
+
+
+@case(r"SimCLR\.ckpt is a Flax/JAX msgpack checkpoint, not a PyTorch pickle; convert it with --format flax-msgpack",
+      cmd="convert")
+def convert_flax_msgpack_as_pytorch(tmp):
+    (tmp / "SimCLR.ckpt").write_bytes(_FLAX_EMPTY)  # the JAX tutorial's file, converted as the PyTorch tutorial's
+    return ["simclr_resnet18_stl10_uva_tutorial", "--checkpoint", str(tmp / "SimCLR.ckpt"),
+            "--out", str(tmp / "out" / "zoo")]
+
+
+@case(r"no flaxmodels-style ResNet \(Conv_0, BatchNorm_0, BasicBlock_0 \.\.\.\) under params \(top-level modules: "
+      r"Dense_0\)", cmd="convert")
+def convert_flax_without_resnet(tmp):
+    (tmp / "LogisticRegression_10.ckpt").write_bytes(_FLAX_LOGREG)
+    return ["logreg", "--format", "flax-msgpack", "--checkpoint", str(tmp / "LogisticRegression_10.ckpt"),
+            "--out", str(tmp / "out" / "zoo")]
+
+
+@pytest.mark.parametrize("name", ["convert_flax_msgpack_as_pytorch", "convert_flax_without_resnet"])
+def test_bad_input_flax(name, tmp_path):
     test_bad_input(name, tmp_path)

@@ -457,7 +457,7 @@ def test_infer_arch_and_formats_listed():
     assert infer_resnet_arch(sd) == {"arch": "resnet34", "width": 64, "in_chans": 3, "stem": "imagenet",
                                      "maxpool": True}
     assert set(FORMATS) == {"dissl-torchhub", "dcl-dataparallel", "lightning-convnet", "solo-learn",
-                            "sslzoo-checkpoint"}
+                            "sslzoo-checkpoint", "flax-msgpack"}
     for r in REGISTRY.values():
         assert r.weights.upstream_format in (None, *FORMATS)
 

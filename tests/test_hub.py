@@ -221,7 +221,7 @@ def test_every_upstream_entry_is_listed_with_docs_and_weight_source(capsys):
 
     root = str(Path(__file__).resolve().parent.parent)
     upstream = [n for n, r in REGISTRY.items() if r.weights.upstream_url]
-    assert len(upstream) == 11  # 7 DISSL + 3 DCL + the UvA tutorial SimCLR
+    assert len(upstream) == 12  # 7 DISSL + 3 DCL + the UvA tutorial SimCLR (PyTorch and JAX)
     # what torch.hub.list / torch.hub.help report (they only take GitHub repos; same rule on the local hubconf)
     hub_module = torch.hub._import_module("hubconf", str(Path(root) / "hubconf.py"))
     listed = [f for f in dir(hub_module) if callable(getattr(hub_module, f)) and not f.startswith("_")]

@@ -22,6 +22,10 @@ One converter per upstream format (``FORMATS``); each maps the upstream module l
 ``sslzoo-checkpoint``
     this project's ``sslzoo train`` ``checkpoint.pt``: ``model`` (``backbone.*`` + method heads) and the recipe
     ``config``, which gives the architecture and preprocessing.
+``flax-msgpack``
+    a Flax/JAX checkpoint (``flax.serialization.to_bytes({'params': ..., 'batch_stats': ...})``, UvA tutorial 17's
+    JAX notebook) of a flaxmodels ResNet-18/34: read as msgpack (no pickle, no jax needed) and mapped onto
+    torchvision names by :mod:`zoo.flax`. A msgpack file given to a PyTorch format is answered with this name.
 
 Loading is strict: every key of the checkpoint is consumed (backbone or heads) and every backbone parameter
 is filled, else one line names the missing / unexpected keys. Prefixes are removed with ``str.removeprefix``.
@@ -54,6 +58,7 @@ from pathlib import Path
 
 import torch
 
+from . import flax as flax_ckpt
 from .backbones import ARCHS, build_resnet
 from .base import atomic_dir, atomic_path, home
 from .io import (
@@ -127,6 +132,8 @@ def safe_torch_load(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist")
+    if flax_ckpt.is_msgpack_file(path):  # not a pickle at all: name the converter that reads it
+        raise WeightsError(flax_ckpt.msgpack_hint(path))
     standins: dict[str, tuple] = {}
     while True:
         try:
@@ -379,6 +386,7 @@ class Format:
     arch: Callable  # (backbone state dict, checkpoint object) -> build_resnet kwargs
     preprocess: Callable | None  # (arch, checkpoint object) -> Preprocess, or None: must be given
     heads_layout: str = ""
+    load: Callable = safe_torch_load  # path -> (checkpoint object, names of inert stand-ins used)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in [
@@ -396,6 +404,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            heads_layout="solo-learn module attributes (projector, predictor, classifier, momentum_*), names kept"),
     Format("sslzoo-checkpoint", "`sslzoo train` checkpoint.pt (model backbone.* + heads, recipe config)",
            split_sslzoo, _sslzoo_arch, _sslzoo_preprocess, heads_layout="the method's heads, names as in training"),
+    Format(flax_ckpt.FORMAT, "Flax/JAX msgpack {params, batch_stats} of a flaxmodels ResNet-18/34 (UvA tutorial 17, JAX)",
+           flax_ckpt.split_flax_resnet, lambda sd, obj: infer_resnet_arch(sd),
+           lambda arch, obj: Preprocess(96, 96, (0.5,) * 3, (0.5,) * 3),
+           heads_layout=flax_ckpt.HEADS_LAYOUT, load=lambda path: (flax_ckpt.read_checkpoint(path), [])),
 ]}
 
 
@@ -495,7 +507,7 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
         raise WeightsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_convert_out(Path(out).expanduser(), overwrite)  # before any download or conversion
     path, ck_sha = fetch(checkpoint, expected_sha256)
-    obj, standins = safe_torch_load(path)
+    obj, standins = FORMATS[fmt].load(path)
     if explicit_fmt is None and isinstance(obj, Mapping) and {"model", "config", "optimizer"} <= set(obj):
         fmt = "sslzoo-checkpoint"  # this project's own training checkpoint of a registered model
     conv = FORMATS[fmt]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import flax as flax_ckpt
 from .backbones import ArchError, build_resnet, check_arch
 from .base import SSLZooError, home
 from .external import create_external, is_external
@@ -116,6 +117,10 @@ def resolve_weights(record: ModelRecord, weights: str | Path | None = None) -> t
         if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch.save zip or pickle, not safetensors
             raise WeightsError(f"{p} is a PyTorch checkpoint, not safetensors; convert it first: sslzoo convert "
                                f"{record.name} --checkpoint {p} --out DIR, then weights=DIR")
+        if flax_ckpt.looks_like_msgpack(head):  # a Flax / JAX checkpoint
+            raise WeightsError(f"{p} is a Flax/JAX msgpack checkpoint, not safetensors; convert it first: sslzoo "
+                               f"convert {record.name} --checkpoint {p} --format {flax_ckpt.FORMAT} --out DIR, then "
+                               f"weights=DIR")
         return p, f"explicit file {p}"
     reasons = []
     w = record.weights

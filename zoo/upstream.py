@@ -10,6 +10,8 @@ Sources (read from the upstream code; see ``reference/seeds.md``):
   state dicts on Google Drive; conv1 is 3x3 stride 1 padding 1, the max-pool and fc are dropped.
 * SimCLR, UvA deep-learning tutorial 17 (phlippe/uvadlc_notebooks): a torchvision ResNet-18 (ImageNet stem)
   trained on STL10 unlabeled, saved as a PyTorch Lightning checkpoint (``convnet.*``).
+* SimCLR, the same tutorial's JAX/Flax notebook (a separate training run, its own numbers): a flaxmodels
+  ResNet-18 (torchvision's layout in NHWC) saved as a Flax msgpack checkpoint ``{params, batch_stats}``.
 
 None of these files could be downloaded where this registry was written, so no sha256 is pinned:
 ``WeightSource.verified`` is False, ``pretrained=True`` downloads and converts the upstream file and warns
@@ -135,4 +137,37 @@ RECORDS.append(ModelRecord(
     license="MIT",
     paper="https://arxiv.org/abs/2002.05709",
     tags=("upstream", "stl10", "tutorial"),
+))
+
+# The JAX notebook (docs/tutorial_notebooks/JAX/tutorial17/SimCLR.ipynb) is a separate training run of the same
+# recipe: flaxmodels.ResNet18(output='activations', normalize=False, num_classes=512), saved with
+# flax.training.checkpoints.save_checkpoint(target={'params', 'batch_stats'}) (legacy msgpack); features are
+# block4_1 mean-pooled; images x/255*2-1 at 96 px. Its logistic regression (LGTrainer): Dense(10) on precomputed
+# features of the first k train images per class, optax.adamw lr 1e-3 wd 1e-3, lr x0.1 at 60% and 80% of 100
+# epochs, batch 64, evaluated on the test set every 10 epochs and the best test accuracy kept.
+UVA_JAX_SRC = "upstream claim: phlippe/uvadlc_notebooks JAX/tutorial17 SimCLR.ipynb (JAX notebook outputs)"
+RECORDS.append(ModelRecord(
+    name="simclr_resnet18_stl10_uva_tutorial_jax",
+    description=("SimCLR ResNet-18 (flaxmodels ResNet18 = torchvision's layout, ImageNet stem with max-pool) trained "
+                 "on STL10 unlabeled at 96 px for 500 epochs with JAX/Flax, from the UvA deep-learning tutorial 17 "
+                 "(JAX version; a separate run from the PyTorch notebook's model); 512-d features (block4_1 "
+                 "mean-pooled) before the MLP head. Upstream Flax msgpack checkpoint, converted. flaxmodels' "
+                 "BatchNorm momentum 0.1 (Flax convention) makes the stored running statistics those of the last "
+                 "training batches."),
+    arch={"arch": "resnet18", "stem": "imagenet", "maxpool": True},
+    feature_dim=512,
+    method="simclr",
+    train_data="STL10 unlabeled (100,000 images, labels unused)",
+    preprocess=Preprocess(resize=96, crop=96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"),
+    weights=WeightSource(
+        upstream_url="https://raw.githubusercontent.com/phlippe/saved_models/main/JAX/tutorial17/SimCLR.ckpt",
+        upstream_format="flax-msgpack"),
+    recipe=None,  # training/recipes/simclr_stl10_uva_tutorial.yaml follows the PyTorch notebook (its augmentations)
+    metrics=tuple(Metric("stl10", f"few-shot logistic regression, first k={k} train images per class (upstream JAX "
+                                  f"notebook: AdamW 100 epochs, checkpoint with the best test accuracy kept)", v,
+                         UVA_JAX_SRC)
+                  for k, v in ((10, 62.21), (20, 68.54), (50, 73.65), (100, 76.84), (200, 78.97), (500, 81.05))),
+    license="MIT",
+    paper="https://arxiv.org/abs/2002.05709",
+    tags=("upstream", "stl10", "tutorial", "jax"),
 ))
