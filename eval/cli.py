@@ -50,6 +50,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--plot", default=None, metavar="PATH.png",
                    help="write few-shot curves (accuracy vs labelled images per class, one line per model)")
     p.set_defaults(func=run_leaderboard)
+    p = sub.add_parser("embed", help="features of a folder of images (or a data set split) to .npy / .safetensors "
+                                     "+ an index of file names; streaming, resumable")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or zoo folder (default {DEFAULT_MODEL})")
+    p.add_argument("--data", required=True,
+                   help="a folder of images (read recursively, no classes needed) or a data set spec: catalogue "
+                        "name, folder:PATH, npz:PATH (with --split)")
+    p.add_argument("--split", default="train", help="the split of a data set spec (default train)")
+    p.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors; FILE.<suffix>.index.json names the rows")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out that holds other features")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--root", default=None, help="dataset folder of a catalogue name (default $SSLZOO_DATA/<name>)")
+    p.add_argument("--download", action="store_true", help="download a catalogue data set if missing")
+    p.set_defaults(func=run_embed)
 
 
 def run_eval(args) -> int:
@@ -137,6 +151,17 @@ def run_leaderboard(args) -> int:
     if out is not None:
         write_table(df, out)
     print(render_leaderboard(df) if args.format == "md" else render(df, args.format), end="")
+    return 0
+
+
+def run_embed(args) -> int:
+    from .embed import embed, index_path
+
+    r = embed(args.model, args.data, args.out, split=args.split, batch_size=args.batch_size,
+              precision=args.precision, overwrite=args.overwrite, root=args.root, download=args.download)
+    done = "already there" if r["computed"] == 0 else (
+        f"resumed at row {r['resumed_from']}" if r["resumed_from"] else "computed")
+    print(f"{args.out}: {r['rows']} x {r['dim']} float32 features ({done}); row names in {index_path(args.out)}")
     return 0
 
 
