@@ -30,15 +30,15 @@ __all__ = ["COLUMNS", "protocol_sentence", "model_method", "render_html", "write
 #: (key, header, hover text) of the table's columns, in order.
 COLUMNS: tuple = (
     ("model", "model", "registry name, zoo folder name or baseline, as stored with the result"),
-    ("method", "method", "the training method from the zoo registry (baseline: pixels / random init; "
-                         "unknown: a model outside the registry)"),
+    ("method", "method", ("the training method from the zoo registry (baseline: pixels / random init; "
+                          "unknown: a model outside the registry)")),
     ("dataset", "dataset", "the data set the probe was trained and tested on"),
     ("protocol", "protocol", "the evaluation protocol; hover a cell for its full description"),
-    ("measured", "measured (%)", "test accuracy measured here under the row's protocol (hover for it): "
-                                 "mean ± sample std over the seeds; nothing is selected on the test split"),
-    ("reported", "reported (%)", "the number the zoo registry records for this model, data set and protocol: "
-                                 "an upstream claim (the authors' protocol, hover for it) or an earlier "
-                                 "measurement here"),
+    ("measured", "measured (%)", ("test accuracy measured here under the row's protocol (hover for it): "
+                                  "mean ± sample std over the seeds; nothing is selected on the test split")),
+    ("reported", "reported (%)", ("the number the zoo registry records for this model, data set and protocol: "
+                                  "an upstream claim (the authors' protocol, hover for it) or an earlier "
+                                  "measurement here")),
     ("delta", "Δ (points)", "measured minus reported, in percentage points"),
     ("seeds", "seeds", "the seeds averaged over ('-': a deterministic protocol)"),
     ("sha256", "weights", "the first 12 hex digits of the weights' sha256 (the full hash on hover)"),

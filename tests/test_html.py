@@ -5,6 +5,7 @@ rows, and a screenshot shows a drawn page."""
 import io
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_page_is_self_contained_escaped_and_complete(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "site")) == ["index.html"]
     page = (tmp_path / "site" / "index.html").read_text()
     # self-contained: no external resource of any kind
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.IGNORECASE)
     assert "<link rel=\"stylesheet\"" not in page and "<script src" not in page
     assert page.count("<tr data-model") == n
     # the injected name only appears escaped, never as markup
@@ -151,7 +152,7 @@ def test_page_in_headless_chromium(tmp_path):
         assert b.requests == [], b.requests
     (tmp_path / "shot.png").write_bytes(png)
     if os.environ.get("SSLZOO_KEEP_SCREENSHOT"):
-        open(os.environ["SSLZOO_KEEP_SCREENSHOT"], "wb").write(png)
+        Path(os.environ["SSLZOO_KEEP_SCREENSHOT"]).write_bytes(png)
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert img.shape[:2] == (1000, 1400)
     gray = img.mean(axis=2)
