@@ -233,3 +233,18 @@ class Browser:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+if __name__ == "__main__":  # python tests/cdp.py PAGE.html OUT.png [WIDTH HEIGHT]: a screenshot of a local page
+    import sys
+    from pathlib import Path
+
+    page, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+    w, h = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (1400, 1000)
+    with Browser(width=w, height=h) as b:
+        b.open(page.as_uri())
+        png = b.screenshot()
+        if b.errors:
+            sys.exit(f"page errors: {b.errors}")
+    out.write_bytes(png)
+    print(f"wrote {out} ({len(png)} bytes)")
