@@ -96,7 +96,7 @@ def _rows(df: pd.DataFrame) -> list[dict]:
         mean, std = rec["accuracy_mean"], rec["accuracy_std"]
         rep = rec.get("reported")
         rep = None if is_missing(rep) else float(rep)
-        delta = None if rep is None or is_missing(mean) else float(mean) - rep
+        delta = None if rep is None or is_missing(mean) else round(float(mean) - rep, 2) + 0.0  # no "-0.00"
         sha = "" if is_missing(rec.get("weights_sha256")) else str(rec["weights_sha256"])
         out.append({
             "model": str(rec["model"]), "method": model_method(str(rec["model"])), "dataset": str(rec["dataset"]),
@@ -213,10 +213,10 @@ def render_html(df: pd.DataFrame, *, title: str = "ssl-zoo leaderboard", figure_
                 cls = "num"
                 if key == "delta" and r["delta_v"] is not None:
                     cls += " pos" if r["delta_v"] >= 0 else " neg"
-            title = {"protocol": r["protocol_title"], "measured": r["protocol_title"],
-                     "reported": r["reported_title"], "sha256": r["sha256_title"]}.get(key, "")
-            if title:
-                attrs += f' title="{_e(title)}"'
+            tip = {"protocol": r["protocol_title"], "measured": r["protocol_title"],
+                   "reported": r["reported_title"], "sha256": r["sha256_title"]}.get(key, "")
+            if tip:
+                attrs += f' title="{_e(tip)}"'
             if cls:
                 attrs += f' class="{cls}"'
             cells.append(f"<td{attrs}>{_e(r[key])}</td>")

@@ -214,7 +214,9 @@ class Browser:
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     def screenshot(self) -> bytes:
-        return base64.b64decode(self.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)["data"])
+        w, h = self.eval("[window.innerWidth, window.innerHeight]")
+        clip = {"x": 0, "y": 0, "width": w, "height": h, "scale": 1}  # the page from its top-left corner
+        return base64.b64decode(self.call("Page.captureScreenshot", format="png", clip=clip)["data"])
 
     def close(self) -> None:
         if self.ws is not None:

@@ -51,6 +51,7 @@ def test_page_is_self_contained_escaped_and_complete(tmp_path, capsys):
     assert f"({n} rows, few-shot figure)" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "site")) == ["index.html"]
     page = (tmp_path / "site" / "index.html").read_text()
+    assert "<title>ssl-zoo leaderboard</title>" in page and "<h1>ssl-zoo leaderboard</h1>" in page
     # self-contained: no external resource of any kind
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.IGNORECASE)
     assert "<link rel=\"stylesheet\"" not in page and "<script src" not in page
