@@ -48,12 +48,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--store-dtype", choices=("fp32", "fp16"), default="fp32", help="feature store precision")
     p.set_defaults(func=run_eval)
     p = sub.add_parser("leaderboard", help="all stored results: one row per model x dataset x protocol")
-    p.add_argument("--format", choices=("md", "csv", "json"), default="md")
-    p.add_argument("--out", default=None, help="also write the table to OUT (.md, .csv or .json)")
+    p.add_argument("--format", choices=("md", "csv", "json", "html"), default="md",
+                   help="html: one self-contained page DIR/index.html (sortable, filterable, few-shot figure); "
+                        "needs --out DIR")
+    p.add_argument("--out", default=None, help="also write the table to OUT (.md, .csv or .json); "
+                                               "with --format html the folder of the page")
     p.add_argument("--overwrite", action="store_true", help="replace an --out / --plot file that exists (refused otherwise)")
     p.add_argument("--plot", default=None, metavar="PATH.png",
                    help="write few-shot curves (accuracy vs labelled images per class, one line per model)")
     p.set_defaults(func=run_leaderboard)
+    p = sub.add_parser("embed", help="features of a folder of images (or a data set split) to .npy / .safetensors "
+                                     "+ an index of file names; streaming, resumable")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or zoo folder (default {DEFAULT_MODEL})")
+    p.add_argument("--data", required=True,
+                   help="a folder of images (read recursively, no classes needed) or a data set spec: catalogue "
+                        "name, folder:PATH, npz:PATH (with --split)")
+    p.add_argument("--split", default="train", help="the split of a data set spec (default train)")
+    p.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors; FILE.<suffix>.index.json names the rows")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out that holds other features")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--root", default=None, help="dataset folder of a catalogue name (default $SSLZOO_DATA/<name>)")
+    p.add_argument("--download", action="store_true", help="download a catalogue data set if missing")
+    p.set_defaults(func=run_embed)
 
 
 def run_eval(args) -> int:
@@ -115,6 +132,8 @@ def run_leaderboard(args) -> int:
     from .tables import FORMATS, attach_reported, make_table, render, render_leaderboard, table_out_paths, write_table
 
     out = plot = None
+    if args.format == "html":
+        return run_leaderboard_html(args)
     if args.out:
         out = check_out_path(args.out)
         if out.suffix.lower() not in FORMATS:
@@ -141,6 +160,60 @@ def run_leaderboard(args) -> int:
     if out is not None:
         write_table(df, out)
     print(render_leaderboard(df) if args.format == "md" else render(df, args.format), end="")
+    return 0
+
+
+def run_embed(args) -> int:
+    from .embed import embed, index_path
+
+    r = embed(args.model, args.data, args.out, split=args.split, batch_size=args.batch_size,
+              precision=args.precision, overwrite=args.overwrite, root=args.root, download=args.download)
+    done = "already there" if r["computed"] == 0 else (
+        f"resumed at row {r['resumed_from']}" if r["resumed_from"] else "computed")
+    print(f"{args.out}: {r['rows']} x {r['dim']} float32 features ({done}); row names in {index_path(args.out)}")
+    return 0
+
+
+def run_leaderboard_html(args) -> int:
+    """``sslzoo leaderboard --format html --out DIR``: the page, with the few-shot figure when there
+    are few-shot results (``--plot`` also writes it as a PNG file)."""
+    from pathlib import Path
+
+    from zoo.base import UsageError
+
+    from .html import write_html
+    from .plots import fewshot_png, fewshot_points, plot_fewshot
+    from .store import ResultStore, aggregate
+    from .tables import attach_reported, make_table
+
+    if not args.out:
+        raise UsageError("--format html writes a folder with index.html; give it with --out DIR")
+    folder = Path(args.out).expanduser()
+    if folder.is_dir():
+        check_out_path(folder / "index.html", "--out")  # writable, index.html not a folder
+    elif folder.exists():
+        raise UsageError(f"--out {args.out} is a file; the HTML leaderboard is a folder (DIR/index.html), "
+                         f"give a folder path")
+    else:
+        check_out_path(folder, "--out")  # its parent exists and is writable
+    plot = None
+    if args.plot:
+        plot = check_out_path(args.plot, "--plot")
+        if plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot {args.plot}: the plot is a PNG image; give a path ending in .png")
+    with ResultStore() as store:
+        results = store.all()
+    rows = attach_reported(aggregate(results))
+    if not rows:
+        raise UsageError("no results yet: run `sslzoo eval` first, then build the page")
+    df = make_table(rows)
+    has_fewshot = bool(fewshot_points(df))
+    if plot is not None and not has_fewshot:
+        raise ValueError("no few-shot results to plot; run `sslzoo eval --probes fewshot` first")
+    page = write_html(df, folder, figure_png=fewshot_png(df) if has_fewshot else None)
+    if plot is not None:
+        plot_fewshot(df, plot)
+    print(f"wrote {page} ({len(df)} rows{', few-shot figure' if has_fewshot else ''})")
     return 0
 
 

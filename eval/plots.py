@@ -16,7 +16,7 @@ from zoo.io import atomic_write_bytes
 
 from .stats import is_missing
 
-__all__ = ["fewshot_points", "plot_fewshot"]
+__all__ = ["fewshot_points", "fewshot_png", "plot_fewshot"]
 
 
 def _shots(protocol: str):
@@ -64,13 +64,20 @@ def fewshot_points(df: pd.DataFrame) -> dict:
 
 def plot_fewshot(df: pd.DataFrame, path, *, title: str | None = None) -> Path:
     """Write the few-shot curves of ``df`` (rows from :func:`eval.store.aggregate`) to ``path`` (PNG)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"the plot is a PNG image; give a path ending in .png, not {path.name!r}")
+    atomic_write_bytes(path, fewshot_png(df, title=title))
+    return path
+
+
+def fewshot_png(df: pd.DataFrame, *, title: str | None = None) -> bytes:
+    """The few-shot curves of ``df`` as PNG bytes (what :func:`plot_fewshot` writes; the HTML
+    leaderboard inlines them)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"the plot is a PNG image; give a path ending in .png, not {path.name!r}")
     data = fewshot_points(df)
     if not data:
         raise ValueError("no few-shot results to plot; run `sslzoo eval --probes fewshot` first")
@@ -101,5 +108,4 @@ def plot_fewshot(df: pd.DataFrame, path, *, title: str | None = None) -> Path:
         fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()

@@ -505,6 +505,52 @@ def train_resume_from_corrupt_checkpoint(tmp):
     return args + ["--resume"]
 
 
+# --- embed and the HTML leaderboard (issue 19)
+
+def _embed(tmp, data, out="feats.npy"):
+    return ["--model", str(model_folder(tmp / "model")), "--data", str(data), "--out", str(tmp / "out" / out),
+            "--batch-size", "2"]
+
+
+def _photos(tmp, n=3) -> Path:
+    root = tmp / "photos"
+    (root / "sub").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(images(1, seed=i)[0]).save(root / "sub" / f"{i}.png")
+    return root
+
+
+@case(r"photos/zz\.png is not a readable image \(UnidentifiedImageError: .*\); replace or remove it", cmd="embed")
+def embed_unreadable_image(tmp):
+    root = _photos(tmp)
+    (root / "zz.png").write_bytes(b"not a png at all")  # sorted last: fails after the first batches are written
+    return _embed(tmp, root)
+
+
+@case(r"no images in .*photos \(looked for \.png, .* in it and its sub-folders\)", cmd="embed")
+def embed_empty_folder(tmp):
+    (tmp / "photos" / "sub").mkdir(parents=True)
+    (tmp / "photos" / "readme.txt").write_text("no images here")
+    return _embed(tmp, tmp / "photos")
+
+
+@case(r"--out .*feats\.csv: cannot tell the file format from '\.csv'; use \.npy \(numpy\) or \.safetensors",
+      cmd="embed")
+def embed_out_unknown_suffix(tmp):
+    return _embed(tmp, _photos(tmp), out="feats.csv")
+
+
+@case(r"--format html writes a folder with index\.html; give it with --out DIR", cmd="leaderboard")
+def leaderboard_html_without_out(tmp):
+    return ["--format", "html"]
+
+
+@case(r"--out .*page\.html is a file; the HTML leaderboard is a folder", cmd="leaderboard")
+def leaderboard_html_out_is_a_file(tmp):
+    (tmp / "page.html").write_text("<p>mine</p>")
+    return ["--format", "html", "--out", str(tmp / "page.html")]
+
+
 # ----------------------------------------------------------------------------- the checks
 
 
