@@ -56,7 +56,7 @@ def reference(model_dir, root, names):
         for n in names:
             with Image.open(root / n) as im:
                 im = im.convert("L") if im.mode not in ("L", "RGB") else im.copy()
-            rows.append(m(m.preprocess(im)[None])[0].numpy())
+            rows.append(m(m.preprocess(im))[0].numpy())  # one PIL image -> a batch of one
     return np.stack(rows)
 
 
@@ -78,8 +78,9 @@ def test_folder_to_npy_and_safetensors_equal_the_model_image_by_image(model, pho
         assert f.keys() == ["features"]
         np.testing.assert_array_equal(f.get_tensor("features"), a)
         assert f.metadata()["index"] == "f.safetensors.index.json" and f.metadata()["job"] != idx["job"]
+    # nothing temporary (sslzoo_home: the test's $SSLZOO_HOME, holding the folder's content-hash index)
     assert sorted(os.listdir(tmp_path)) == ["f.npy", "f.npy.index.json", "f.safetensors",
-                                            "f.safetensors.index.json", "model", "photos"]  # nothing temporary
+                                            "f.safetensors.index.json", "model", "photos", "sslzoo_home"]
 
 
 def test_dataset_spec_rows_match_the_feature_extractor_and_keep_labels(model, tmp_path):

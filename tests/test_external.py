@@ -235,11 +235,13 @@ def test_cli_eval_external_models_beside_a_zoo_model(tmp_path):
     assert lb.returncode == 0, lb.stderr
     rows = json.loads(lb.stdout)
     by = {(x["model"], x["protocol"]): x for x in rows}
+    # the DINO setting k=20, labelled with the k it really uses (12 train images here)
+    knn20 = next(p for _, p in by if p.startswith("knn k=") and p.endswith(" T=0.07"))
     assert {x["model"] for x in rows} == {"torchvision:mobilenet_v3_small (random init, seed 0)", "pixels",
                                             "timm:mobilenetv3_small_050 (weights mnv3.safetensors)",
                                             "timm:mobilenetv3_small_050 (random init, seed 0)", "zoo_tiny"}
     sha = sha256_file(tmp_path / "mnv3.safetensors")
-    assert by[("timm:mobilenetv3_small_050 (weights mnv3.safetensors)", "knn k=20 T=0.07")]["weights_sha256"] == sha
-    assert by[("timm:mobilenetv3_small_050 (random init, seed 0)", "knn k=20 T=0.07")]["weights_sha256"] != sha
+    assert by[("timm:mobilenetv3_small_050 (weights mnv3.safetensors)", knn20)]["weights_sha256"] == sha
+    assert by[("timm:mobilenetv3_small_050 (random init, seed 0)", knn20)]["weights_sha256"] != sha
     assert all(x["dataset"] == "npz:gray.npz" and 0 <= x["accuracy_mean"] <= 100 for x in rows)
-    assert by[("pixels", "knn k=20 T=0.07")]["accuracy_mean"] == 100.0  # light vs dark: separable from pixels
+    assert by[("pixels", knn20)]["accuracy_mean"] == 100.0  # light vs dark: separable from pixels

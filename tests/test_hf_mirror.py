@@ -34,7 +34,7 @@ def test_timm_keys_exactly_for_the_layouts_timm_builds():
                  if timm_config(r.arch, r.preprocess.to_dict(), r.feature_dim, r.license) is not None}
     # plain ImageNet-stem ResNets (DISSL dNone, the UvA tutorial ResNet-18); not the expansion block, CIFAR stem, w16
     assert with_keys == {n for n in REGISTRY if n.startswith("dissl_resnet50_dNone")} | {
-        "simclr_resnet18_stl10_uva_tutorial"}
+        "simclr_resnet18_stl10_uva_tutorial", "simclr_resnet18_stl10_uva_tutorial_jax"}
     r = REGISTRY["dissl_resnet50_dNone_e400_m6"]
     keys = timm_config(r.arch, r.preprocess.to_dict(), r.feature_dim, r.license)
     assert keys["architecture"] == "resnet50" and keys["num_classes"] == 0 and keys["num_features"] == 2048
