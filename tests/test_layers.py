@@ -151,9 +151,49 @@ def check(root: Path) -> list[str]:
     return problems + layer_problems(edges) + [f"import cycle: {' <-> '.join(c)}" for c in cycles(edges)]
 
 
+def client_private_uses(root: Path, folders=("tests", "benchmarks")) -> list[str]:
+    """Tests and benchmarks use our packages as any caller does: no ``from m import _x`` and no ``m._x``
+    on a module of ours (they may import anything from any layer)."""
+    mods = module_files(root)
+    out = []
+    for folder in folders:
+        for path in sorted((root / folder).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            aliases = {}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and _owner(node.module, mods):
+                    for a in node.names:
+                        if f"{node.module}.{a.name}" in mods:
+                            aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                        elif _is_private(a.name):
+                            out.append(f"{folder}/{path.name}:{node.lineno} imports private name {a.name} from "
+                                       f"{node.module}")
+                elif isinstance(node, ast.Import):
+                    for a in node.names:
+                        if a.asname and _owner(a.name, mods):
+                            aliases[a.asname] = a.name
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                        and node.value.id in aliases and _is_private(node.attr)):
+                    out.append(f"{folder}/{path.name}:{node.lineno} reaches private name {node.attr} of "
+                               f"{aliases[node.value.id]}")
+    return out
+
+
 def test_the_import_graph_is_the_architecture():
     problems = check(ROOT)
     assert not problems, "\n" + "\n".join(problems)
+
+
+def test_tests_and_benchmarks_use_public_names_only():
+    problems = client_private_uses(ROOT)
+    assert not problems, "\n" + "\n".join(problems)
+
+
+def test_the_client_check_bites(tmp_path):
+    root = _tree(tmp_path, {"zoo/a.py": "", "tests/test_x.py": "from zoo.a import _h\nfrom zoo import a\na._k\n"})
+    assert client_private_uses(root) == ["tests/test_x.py:1 imports private name _h from zoo.a",
+                                         "tests/test_x.py:3 reaches private name _k of zoo.a"]
 
 
 def _tree(tmp_path, files: dict) -> Path:

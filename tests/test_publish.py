@@ -11,7 +11,7 @@ import yaml
 from zoo.backbones import build_resnet
 from zoo.convert import folder_card
 from zoo.io import save_folder
-from zoo.publish import PublishError, _front_matter, publish
+from zoo.publish import PublishError, read_front_matter, publish
 from zoo.registry import REGISTRY
 
 ARCH = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 3}
@@ -55,7 +55,7 @@ def test_upload_path_calls_create_repo_and_upload_folder(folder, tmp_path):
     assert api.calls[1][2]["repo_type"] == "model" and "tiny" in api.calls[1][2]["commit_message"]
     assert sorted(api.uploaded) == ["README.md", "config.json", "model.safetensors"]
     assert api.uploaded["model.safetensors"] == (folder / "model.safetensors").read_bytes()
-    meta = _front_matter(api.uploaded["README.md"].decode())
+    meta = read_front_matter(api.uploaded["README.md"].decode())
     assert meta["library_name"] == "ssl-zoo" and meta["pipeline_tag"] == "image-feature-extraction"
     assert not (folder / "README.md").exists()  # the card is generated for the upload, the folder is untouched
 

@@ -324,8 +324,8 @@ def test_finetune_protocol_selects_on_a_train_split_and_tests_once(monkeypatch):
     enc = build_model(_cfg("unused")).backbone
     w0 = enc.conv1.weight.detach().clone()
     seen = []
-    real = ft._accuracy
-    monkeypatch.setattr(ft, "_accuracy", lambda m, xs, *a, **k: seen.append(len(xs)) or real(m, xs, *a, **k))
+    real = ft.accuracy_of
+    monkeypatch.setattr(ft, "accuracy_of", lambda m, xs, *a, **k: seen.append(len(xs)) or real(m, xs, *a, **k))
     r = ft.finetune(enc, x, y, x[:20], y[:20], size=12, mean=(0.5,), std=(0.5,), label_fraction=0.5,
                     val_fraction=0.25, lrs=(0.01, 0.05), epochs=2, batch_size=16, device="cpu")
     assert r["protocol"] == "finetune" and 0 <= r["accuracy"] <= 1 and r["lr"] in (0.01, 0.05)

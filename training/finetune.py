@@ -49,7 +49,7 @@ def stratified_subset(y, fraction: float, seed: int, min_per_class: int = 1) -> 
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x, y, size, mean, std, device, bf16, bs=512) -> float:
+def accuracy_of(model: nn.Module, x, y, size, mean, std, device, bf16, bs=512) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), bs):
@@ -116,13 +116,13 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y, test_x: torch.T
                 loss.backward()
                 opt.step()
                 step += 1
-            acc = _accuracy(model, xv, yv, size, mean, std, dev, bf16)
+            acc = accuracy_of(model, xv, yv, size, mean, std, dev, bf16)
             if acc > best["val_accuracy"]:
                 best = {"val_accuracy": acc, "lr": lr, "epoch": epoch + 1}
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model = nn.Sequential(copy.deepcopy(encoder), nn.Linear(feat, n_classes)).to(dev)
     model.load_state_dict(best_state)
-    test_acc = _accuracy(model, test_x, test_y, size, mean, std, dev, bf16)
+    test_acc = accuracy_of(model, test_x, test_y, size, mean, std, dev, bf16)
     return {"protocol": "finetune", "accuracy": test_acc, **best, "label_fraction": label_fraction,
             "n_labelled": len(lab_idx), "n_val": len(val_idx), "seed": seed}
 

@@ -46,7 +46,7 @@ class PublishError(SSLZooError, ValueError):
     """A folder that cannot be published, or a failed upload / commit; one line."""
 
 
-def _front_matter(text: str) -> dict | None:
+def read_front_matter(text: str) -> dict | None:
     if not text.startswith("---\n"):
         return None
     end = text.find("\n---\n", 4)
@@ -89,7 +89,7 @@ def stage(folder: str | Path, dest: str | Path) -> list[str]:
     card = folder / CARD_NAME
     if card.is_file():
         text = card.read_text()
-        meta = _front_matter(text)
+        meta = read_front_matter(text)
         missing = [k for k in REQUIRED_META if not meta or k not in meta]
         if missing:
             raise PublishError(f"{card} lacks HF metadata ({', '.join(missing)}); delete it and a card is generated")

@@ -37,7 +37,7 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
-def _compiler() -> str | None:
+def find_compiler() -> str | None:
     cc = os.environ.get("CC") or "cc"
     return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
 
@@ -73,7 +73,7 @@ def library():
         if os.environ.get("SSLZOO_FASTAUG", "1").strip().lower() in ("0", "false", "no", "off"):
             why = "SSLZOO_FASTAUG=0"
         else:
-            cc = _compiler()
+            cc = find_compiler()
             if cc is None:
                 why = "no C compiler found (set CC)"
             else:
