@@ -912,6 +912,15 @@ def test_bad_input_keeps_every_file(name, tmp_path):
 CASES_17B = []
 
 
+def model_folder_with_config(path, edit):
+    """A zoo folder whose config.json has been changed by ``edit(cfg)`` (in place)."""
+    folder = model_folder(path)
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
 def case17(pattern, cmd="eval"):
     def deco(fn):
         CASES_17B.append(fn.__name__)
@@ -921,29 +930,23 @@ def case17(pattern, cmd="eval"):
 
 @case17(r"config\.json: unknown arch key 'widht'; did you mean 'width'\?")
 def config_unknown_arch_key(tmp):
-    folder = model_folder(tmp / "m")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["arch"]["widht"] = cfg["arch"].pop("width")
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return _eval(tmp, model=folder)
+    def edit(cfg):
+        cfg["arch"]["widht"] = cfg["arch"].pop("width")
+    return _eval(tmp, model=model_folder_with_config(tmp / "m", edit))
 
 
 @case17(r"config\.json: arch width must be an integer in 1\.\.65536, got -4")
 def config_negative_width(tmp):
-    folder = model_folder(tmp / "m")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["arch"]["width"] = -4
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return _eval(tmp, model=folder)
+    def edit(cfg):
+        cfg["arch"]["width"] = -4
+    return _eval(tmp, model=model_folder_with_config(tmp / "m", edit))
 
 
 @case17(r"preprocess crop must be a positive integer, got 0")
 def config_zero_crop(tmp):
-    folder = model_folder(tmp / "m")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["preprocess"]["crop"] = 0
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return _eval(tmp, model=folder)
+    def edit(cfg):
+        cfg["preprocess"]["crop"] = 0
+    return _eval(tmp, model=model_folder_with_config(tmp / "m", edit))
 
 
 @case17(r"holds integer tensors for float parameters \(conv1\.weight int64.*export the weights as floating point")
