@@ -100,6 +100,14 @@ class ImageSplit:
             arr = np.repeat(arr, 3, axis=2)
         return torch.from_numpy(np.ascontiguousarray(arr).copy()).permute(2, 0, 1)
 
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded bytes of image ``i`` as stored (file-backed splits only): what a decoder in a
+        DataLoader worker reads, so that it can decode at reduced size (JPEG draft mode)."""
+        if self.paths is None:
+            raise DatasetError(f"{self.name}/{self.split} is held in memory; it has no encoded bytes (use .get(i))")
+        with open(self.paths[i], "rb") as f:
+            return f.read()
+
     def as_tensor(self) -> torch.Tensor:
         """All images as one uint8 ``[N, C, H, W]`` tensor (in-memory splits only)."""
         if self.images is None:
