@@ -83,22 +83,13 @@ class ImageSplit:
         grayscale (``L``, ``1``, ``LA``, 16-bit) -> 1 channel, colour -> 3 (alpha dropped)."""
         if self.images is not None:
             return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
-        from PIL import Image
+        return torch.from_numpy(decode_bytes(self.read_bytes(i), self.describe(i), mode=self.mode)).permute(2, 0, 1)
 
-        try:
-            with Image.open(self.paths[i]) as im:
-                x = pil_to_uint8(im)  # 16-bit scaled (not clipped), palette / CMYK / 1-bit converted, float refused
-        except PixelError as e:
-            raise DatasetError(f"{self.paths[i]}: {e}") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's decode errors
-            raise DatasetError(f"{self.paths[i]} is not a readable image ({type(e).__name__}: {_one_line(e)}); "
-                               f"replace or remove it") from None
-        arr = x.permute(1, 2, 0).numpy()  # H W C, as decoded
-        if arr.shape[2] == 4:  # alpha dropped, as PIL's convert("RGB") does
-            arr = arr[:, :, :3]
-        if self.mode == "RGB" and arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        return torch.from_numpy(np.ascontiguousarray(arr).copy()).permute(2, 0, 1)
+    def describe(self, i: int) -> str:
+        """The name of image ``i`` in messages: its path (a packed split: the pack and the file name)."""
+        if self.paths is None:
+            return f"{self.name}/{self.split} image {i}"
+        return str(self.paths[i])
 
     def read_bytes(self, i: int) -> bytes:
         """The encoded bytes of image ``i`` as stored (file-backed splits only): what a decoder in a
@@ -164,6 +155,75 @@ class ImageSplit:
             h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+
+def _decode_error(name: str, data: bytes, e: BaseException) -> DatasetError:
+    if not data:
+        return DatasetError(f"{name} is empty (0 bytes); replace or remove it")
+    if type(e).__name__ == "UnidentifiedImageError":
+        return DatasetError(f"{name} is not a readable image (UnidentifiedImageError: cannot identify image file "
+                            f"{str(name)!r}); replace or remove it")
+    return DatasetError(f"{name} is not a readable image ({type(e).__name__}: {_one_line(e)}); replace or remove it")
+
+
+def image_size(data: bytes, name: str) -> tuple[int, int]:
+    """``(width, height)`` of the encoded image ``data``, read from its header only (nothing is
+    decoded). ``name`` (a path or file name) is what a :class:`DatasetError` names when ``data`` is not an
+    image."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return tuple(im.size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's open errors
+        raise _decode_error(name, data, e) from None
+
+
+def decode_bytes(data: bytes, name: str, mode: str | None = "RGB",
+                 min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode the encoded image ``data`` to uint8 ``[H, W, C]``; the one decode policy of file-backed data.
+
+    Pixels go through :func:`zoo.preprocess.pil_to_uint8`: CMYK (also Adobe's inverted CMYK JPEGs) and
+    YCbCr -> RGB, palette -> RGB, 16-bit -> 8-bit scaled (not clipped), 32-bit float refused; the
+    format is told from the bytes, not from ``name``'s extension (a PNG named ``.JPEG`` decodes as a
+    PNG). Alpha is dropped. ``mode="RGB"`` gives 3 channels (grayscale repeated); ``mode=None`` gives 1
+    for grayscale files, 3 for colour; ``mode="L"`` gives 1 (colour converted with PIL's luma weights).
+
+    ``min_size=(width, height)``: the caller needs at least this size; a JPEG is then decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8: PIL draft mode) whose result is still at least that large in
+    both sides, so a 4000 px photo is never decoded at full size for a 96 px crop. The result may be
+    smaller than the file's :func:`image_size` by up to 8x (divide to map crop boxes); other formats
+    decode at full size. A zero-byte, truncated, corrupt or non-image ``data`` raises one
+    :class:`DatasetError` line naming ``name``.
+    """
+    import io
+
+    from PIL import Image
+
+    if mode not in (None, "RGB", "L"):
+        raise DatasetError(f"decode mode must be 'RGB', 'L' or None, not {mode!r}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if min_size is not None and im.format == "JPEG":
+                w, h = int(min_size[0]), int(min_size[1])
+                if w > 0 and h > 0:
+                    im.draft(None, (w, h))  # DCT scaling only: size >= (w, h), the mode unchanged
+            x = pil_to_uint8(im)  # 16-bit scaled (not clipped), palette / CMYK / 1-bit converted, float refused
+    except PixelError as e:
+        raise DatasetError(f"{name}: {e}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's decode errors
+        raise _decode_error(name, data, e) from None
+    arr = x.permute(1, 2, 0).numpy()  # H W C, as decoded
+    if arr.shape[2] == 4:  # alpha dropped, as PIL's convert("RGB") does
+        arr = arr[:, :, :3]
+    if mode == "RGB" and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif mode == "L" and arr.shape[2] == 3:  # ITU-R 601-2 luma, PIL's convert("L")
+        arr = ((arr[:, :, 0:1].astype(np.uint32) * 19595 + arr[:, :, 1:2].astype(np.uint32) * 38470
+                + arr[:, :, 2:3].astype(np.uint32) * 7471 + 0x8000) >> 16).astype(np.uint8)
+    return np.ascontiguousarray(arr)
 
 
 def _file_key(st: os.stat_result) -> list:
