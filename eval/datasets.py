@@ -405,17 +405,61 @@ def _scan_class_tree(split_dir: Path, what: str, classes: list, layout: str):
 # ----------------------------------------------------------------------------- folder:PATH and npz:PATH
 
 
+def list_images(root) -> list[str]:
+    """Every image file below ``root`` (suffixes :data:`IMAGE_EXTS`, case-insensitive; hidden files and
+    folders skipped), recursively, sorted by relative path (folder by folder, so a file's position
+    does not depend on the file system's listing order)."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS:
+                found.append(os.path.relpath(os.path.join(dirpath, f), root))
+    found.sort(key=lambda p: Path(p).parts)
+    return [str(root / p) for p in found]
+
+
+FOLDER_SPLITS = ("train", "test", "val")
+
+
+def is_unlabelled_folder(root) -> bool:
+    """The rule that tells the two ``folder:`` layouts apart: a folder with none of the sub-folders
+    ``train/``, ``test/``, ``val/`` is unlabelled (every image below it, at any depth, label -1); a
+    folder with any of them is the labelled layout (``train/`` and ``test/``, one sub-folder per class)."""
+    root = Path(root)
+    return root.is_dir() and not any((root / s).is_dir() for s in FOLDER_SPLITS)
+
+
+def load_unlabelled_folder(root: Path, split: str = "train") -> ImageSplit:
+    """An unlabelled ``folder:`` (see :func:`is_unlabelled_folder`): its one split ``train`` holds every
+    image below ``root`` with target -1 (the unlabelled sentinel of :func:`unlabelled_mask`), classes
+    ``[]``. For training and ``sslzoo embed``; the probes need labels, so another split is refused."""
+    if split != "train":
+        raise DatasetError(f"image folder {root} is unlabelled (no train/ or test/ sub-folder): it has one split, "
+                           f"train, for training and `sslzoo embed`; probes need labels, put them in "
+                           f"{root}/{{train,test}}/<class>/<image>")
+    paths = list_images(root)
+    if not paths:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTS)}) in {root} or its sub-folders: an unlabelled folder "
+                           f"holds images at any depth, a labelled one {root}/{{train,test}}/<class>/<image>")
+    return ImageSplit(root.name, "train", np.full(len(paths), -1, dtype=np.int64), [], paths=paths, source=str(root))
+
+
 def load_folder(path, split: str = "train") -> ImageSplit:
     """``PATH/train/<class>/<image>``, ``PATH/test/<class>/<image>`` and, when present, ``PATH/val/...``.
 
     Classes are the sorted sub-folder names of ``train/``; images are any of :data:`IMAGE_EXTS`
     (case-insensitive, other files are ignored). Every train class must have images in the requested
     split and the split may not have class folders that train lacks. File-backed: decoded by ``get``.
+    A folder with none of ``train/``, ``test/``, ``val/`` is unlabelled (:func:`load_unlabelled_folder`).
     """
     root = Path(path).expanduser()
     layout = f"{root}/{{train,test}}/<class>/<image>"
     if not root.is_dir():
         raise DatasetNotFound(f"image folder {root} not found: put the images in {layout}")
+    if is_unlabelled_folder(root):
+        return load_unlabelled_folder(root, split)
     for sub in ("train", "test"):
         if not (root / sub).is_dir():
             raise DatasetError(f"{root} has no {sub}/ sub-folder: the layout is {layout}")

@@ -127,3 +127,41 @@ def test_write_jpeg_tree_folder_and_unlabelled_layouts(tmp_path):
     assert len(paths) == 6 and all(p.parent.parent == tmp_path / "u" for p in paths)
     with pytest.raises(ValueError, match="layout must be one of"):
         write_jpeg_tree(tmp_path / "x", layout="coco")
+
+
+# ----------------------------------------------------------------------------- unlabelled folders
+
+
+def test_unlabelled_folder_flat_and_nested(tmp_path):
+    from eval.datasets import is_unlabelled_folder
+
+    write_jpeg_tree(tmp_path / "u", classes=2, per_class=3, sizes=(20, 40), layout="unlabelled")
+    rng = np.random.default_rng(0)
+    Image.fromarray(synthetic_image(rng, 30, 20)).save(tmp_path / "u" / "top.png")  # flat and nested together
+    (tmp_path / "u" / "part1" / "deeper").mkdir()
+    Image.fromarray(synthetic_image(rng, 30, 20)).save(tmp_path / "u" / "part1" / "deeper" / "z.JPG")
+    (tmp_path / "u" / "part0" / "notes.txt").write_text("not an image, ignored")
+    (tmp_path / "u" / ".hidden").mkdir()
+    Image.fromarray(synthetic_image(rng, 30, 20)).save(tmp_path / "u" / ".hidden" / "h.png")
+    assert is_unlabelled_folder(tmp_path / "u")
+    s = load_split(f"folder:{tmp_path / 'u'}", "train")
+    rel = [str(p).removeprefix(str(tmp_path / "u") + "/") for p in s.paths]
+    assert rel == ["part0/part0_img_00000.jpg", "part0/part0_img_00001.jpg", "part0/part0_img_00002.jpg",
+                   "part1/deeper/z.JPG", "part1/part1_img_00000.jpg", "part1/part1_img_00001.jpg",
+                   "part1/part1_img_00002.jpg", "top.png"]
+    assert s.targets.dtype == np.int64 and (s.targets == -1).all() and s.classes == []
+    assert s.get(7).shape == (3, 20, 30) and len(s.fingerprint()) == 64
+    for split in ("test", "val"):
+        with pytest.raises(DatasetError, match=r"is unlabelled .* probes need labels") as e:
+            load_split(f"folder:{tmp_path / 'u'}", split)
+        assert "\n" not in str(e.value)
+
+
+def test_labelled_and_unlabelled_folder_rule(tmp_path):
+    from eval.datasets import is_unlabelled_folder
+
+    write_jpeg_tree(tmp_path / "f", classes=2, per_class=2, sizes=(20, 30), layout="folder")
+    assert not is_unlabelled_folder(tmp_path / "f")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(DatasetError, match="no images .* an unlabelled folder holds images at any depth"):
+        load_split(f"folder:{tmp_path / 'e'}")
