@@ -91,7 +91,7 @@ def _read_check(i: int):
     try:
         decode_bytes(data, name, mode=None, min_size=(1, 1))  # the whole stream, at 1/8 scale for JPEGs
     except DatasetError as e:
-        reason = str(e).removeprefix(f"{name} ").removesuffix("; replace or remove it")
+        reason = str(e).removeprefix(f"{name} ").removeprefix("is ").removesuffix("; replace or remove it")
         return i, None, reason, b""
     return i, data, None, hashlib.sha256(data).digest()
 
