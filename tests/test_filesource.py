@@ -342,3 +342,29 @@ def test_two_ranks_read_disjoint_samples_covering_the_epoch(tree, tmp_path):
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 4 and ck["world_size"] == 2
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- unlabelled folders and packs (issue 18a)
+
+def test_unlabelled_folder_trains_from_files(tmp_path):
+    from eval.synthetic import write_jpeg_tree
+
+    write_jpeg_tree(tmp_path / "photos", classes=2, per_class=8, sizes=(40, 120), layout="unlabelled")
+    split = load_split(f"folder:{tmp_path / 'photos'}", "train")
+    assert len(split) == 16 and (np.asarray(split.targets) == -1).all()
+    t = Trainer(_cfg(tmp_path / "photos", "data.workers=0"), tmp_path / "run", device="cpu")
+    assert t.fit().is_file() and t.step == 2
+    # no labels: the monitor has nothing to vote with and says so (nan), it never decodes the whole set
+    assert (tmp_path / "run" / "monitor.csv").read_text().splitlines()[1].endswith(",nan")
+
+
+def test_pack_gives_the_crops_of_its_folder(tree, tmp_path):
+    from eval.packed import write_pack
+
+    write_pack(f"folder:{tree}", tmp_path / "pk", shard_size=20_000, workers=0)
+    folder, pack = load_split(f"folder:{tree}", "train"), load_split(f"pack:{tmp_path / 'pk'}", "train")
+    assert choose_source(pack)[0] == "files"
+    a = _batches(CropDataset(folder, [CROP, SMALL], seed=3), 0, steps=4)
+    b = _batches(CropDataset(pack, [CROP, SMALL], seed=3), 2, steps=4)
+    for (va, ia), (vb, ib) in zip(a, b):
+        assert torch.equal(ia, ib) and all(torch.equal(x, y) for x, y in zip(va, vb))

@@ -405,7 +405,7 @@ def choose_source(split: ImageSplit, setting: str = "auto", channels: int = 3,
     if setting == "memory" or split.images is not None:
         if setting == "files":
             raise ValueError(f"{split.name}/{split.split} is held in memory; data.source=files needs a file-backed "
-                             f"data set (folder:, imagenet, tinyimagenet)")
+                             f"data set (folder:, pack:, imagenet, tinyimagenet)")
         return "memory", "in memory" if split.images is not None else "data.source=memory"
     if setting == "files":
         return "files", "data.source=files"
