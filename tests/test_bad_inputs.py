@@ -1185,3 +1185,43 @@ def eval_pack_with_truncated_shard(tmp):
 @pytest.mark.parametrize("name", CASES_18A)
 def test_bad_input_18a(name, tmp_path):
     test_bad_input(name, tmp_path)
+
+
+# ----------------------------------------------------------------------------- the file-backed training source
+# (issue 18) Registered after test_bad_input's parametrisation was built, so each case runs through it here.
+
+def _jpeg_folder(tmp) -> str:
+    root = tmp / "jpegs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(images(1, size=20 + 4 * i, c=3, seed=i)[0]).save(root / split / c / f"{i}.JPEG")
+    return f"folder:{root}"
+
+
+@case(r"data\.source must be auto, memory or files, got 'disk'", cmd="train")
+def train_data_source_unknown(tmp):
+    return _train(tmp, "data.source=disk")
+
+
+@case(r"data\.workers must be a whole number >= 0 \(0: decode in the training process\) or null, got -1", cmd="train")
+def train_data_workers_negative(tmp):
+    return _train(tmp, "data.workers=-1")
+
+
+@case(r"good/train is held in memory; data\.source=files needs a file-backed data set", cmd="train")
+def train_files_source_for_in_memory_data(tmp):
+    return _train(tmp, "data.source=files")
+
+
+@case(r"data\.source=files crops in DataLoader workers with torchvision's semantics; set augment\.version=2",
+      cmd="train")
+def train_files_source_with_augment_version_1(tmp):
+    return _train(tmp, "data.source=files", "model.in_chans=3", data=_jpeg_folder(tmp))
+
+
+@pytest.mark.parametrize("name", ["train_data_source_unknown", "train_data_workers_negative",
+                                  "train_files_source_for_in_memory_data", "train_files_source_with_augment_version_1"])
+def test_bad_input_file_source(name, tmp_path):
+    test_bad_input(name, tmp_path)
