@@ -45,8 +45,12 @@ DEFAULTS: dict = {
     # repeat: copies of the real data (AdaInf's "dup").
     # subset: a subset index file (.pkl list / .json, see training/datacentric/subsets.py) applied to the real data
     # before it is repeated.
+    # source: auto | memory | files (training/filesource.py): memory decodes the split into one uint8 tensor;
+    # files decodes and crops in DataLoader workers; auto = memory for in-memory splits and small file-backed
+    # sets of one image size, files when the decoded set would exceed 2 GiB or image sizes differ.
+    # workers: DataLoader processes of the file source (null: min(8, CPUs); 0: in the training process).
     "data": {"dataset": "fashion-mnist", "root": None, "download": False, "split": "train", "extra": None,
-             "repeat": 1, "subset": None},
+             "repeat": 1, "subset": None, "source": "auto", "workers": None},
     # ViewAugment fields (training/augmentation/; version 2 = torchvision semantics), then the trainer's own:
     # small_*: multi-crop (2 large crops of ``size`` + ``small_crops`` crops of ``small_size`` with scale
     # ``small_scale``); view2: fields of the second large view that differ (asymmetric augmentation);

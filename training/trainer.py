@@ -1,7 +1,9 @@
 """The training loop shared by every method.
 
 Data is held in memory as a uint8 tensor ``[N, C, H, W]`` and augmented as whole batches
-(:mod:`training.augmentation`), so both cores stay on the network. The step runs under bf16 autocast
+(:mod:`training.augmentation`), so both cores stay on the network; or, for file-backed data sets too
+large for that or of mixed image sizes (``data.source``), read from the files by DataLoader workers
+that decode and crop each view (:mod:`training.filesource`), the rest of the augmentation batched here. The step runs under bf16 autocast
 (CPU or CUDA) with fp32 losses, in ``channels_last``. Checkpoints are written atomically every few
 minutes and at each epoch end with model, optimiser, step, and every RNG state, so ``--resume``
 continues where the run stopped. Progress: tqdm; logs: ``log.csv`` (step, epoch, loss, lr,
@@ -40,6 +42,8 @@ from zoo.preprocess import resize_normalise
 from .augmentation import ViewAugment
 from .config import ConfigError, check_trainable
 from .datacentric.subsets import SubsetError, check_indices, read_subset_file
+from .filesource import (CropDataset, FileBatches, ResizedImages, augment_cropped, choose_source, default_workers,
+                         epoch_permutation, view_crops)
 from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
 from .methods import METHODS
 from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
@@ -180,6 +184,16 @@ class Trainer:
         in the inflated epoch to its image."""
         d = self.cfg["data"]
         split = load_split(d["dataset"], d["split"], root=d["root"], download=d["download"])
+        if d["source"] not in ("auto", "memory", "files"):
+            raise ConfigError(f"data.source must be auto, memory or files, got {d['source']!r}")
+        try:
+            source, why = choose_source(split, d["source"], self.cfg["model"]["in_chans"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if source == "files":
+            if self.rank == 0:
+                logger.info(f"data source: files ({why}), {self.workers()} DataLoader worker(s)")
+            return self.load_files(split)
         x, y = _split_tensor(split, d["dataset"]), torch.as_tensor(split.targets)
         if x.shape[1] != self.cfg["model"]["in_chans"]:
             raise ConfigError(f"{d['dataset']} has {x.shape[1]} channels but model.in_chans="
@@ -204,8 +218,50 @@ class Trainer:
             x, y = torch.cat([x, xe]), torch.cat([y, torch.as_tensor(extra.targets).to(y.dtype)])
         return x, y
 
+    def workers(self) -> int:
+        """``data.workers`` (null: :func:`training.filesource.default_workers`)."""
+        w = self.cfg["data"]["workers"]
+        if w is None:
+            return default_workers()
+        if not isinstance(w, int) or w < 0:
+            raise ConfigError(f"data.workers must be a whole number >= 0 (0: decode in the training process) or null, "
+                              f"got {w!r}")
+        return w
+
+    def load_files(self, split):
+        """The file-backed source of ``split``: a :class:`training.filesource.CropDataset` whose sample
+        ``i`` of an epoch is image ``rows[i]`` (``data.subset`` applied, ``data.repeat`` copies), and the
+        labels of the distinct images (for the monitor)."""
+        d = self.cfg["data"]
+        self.workers()  # refuse a bad value before anything runs
+        augs = self.view_augs + ([self.small_aug] if self.small_aug is not None else [])
+        if any(a.version != 2 for a in augs):
+            raise ConfigError("data.source=files crops in DataLoader workers with torchvision's semantics; set "
+                              "augment.version=2 (or data.source=memory for a data set that fits in memory)")
+        if d["extra"]:
+            raise ConfigError(f"data.extra {d['extra']} is appended in memory; use data.source=memory with it")
+        real = np.arange(len(split), dtype=np.int64)
+        if d["subset"]:
+            try:
+                real = np.asarray(check_indices(read_subset_file(d["subset"]).indices, len(split),
+                                                f"data.subset {d['subset']}", f"{d['dataset']}/{d['split']}"),
+                                  dtype=np.int64)
+            except SubsetError as e:
+                raise ConfigError(str(e)) from None
+        rep = int(d["repeat"])
+        if rep < 1:
+            raise ConfigError(f"data.repeat must be >= 1, got {rep}")
+        self.n_real, self.repeat = len(real), rep
+        rows = np.tile(real, rep)  # the in-memory path's order of the repeated copies
+        ds = CropDataset(split, view_crops(self.view_augs, self.small_aug, self.n_small), self.cfg["train"]["seed"],
+                         rows=rows, channels=self.cfg["model"]["in_chans"])
+        ds.real_rows = real
+        return ds, torch.as_tensor(np.asarray(split.targets)[real])
+
     def epoch_size(self, x) -> int:
         """Images per epoch: ``repeat`` copies of the real set plus the extra images."""
+        if isinstance(x, CropDataset):
+            return len(x)
         return self.n_real * self.repeat + (len(x) - self.n_real)
 
     def source_index(self, pos: torch.Tensor) -> torch.Tensor:
@@ -224,6 +280,8 @@ class Trainer:
         from eval.probes import knn_probe
 
         t = self.cfg["train"]
+        if isinstance(x, CropDataset):
+            return self.monitor_files(x, y)
         labelled = torch.nonzero(y >= 0).flatten()  # unlabelled / generated images (label -1) never vote
         if len(labelled) < 2:
             return float("nan")
@@ -234,6 +292,38 @@ class Trainer:
         feats = self.embed(x[torch.cat([mem_idx, val_idx])])
         r = knn_probe(feats[:nmem], y[mem_idx], feats[nmem:], y[val_idx], k=20, temperature=0.07)
         return r["accuracy"]
+
+    @torch.no_grad()
+    def monitor_files(self, ds: CropDataset, y) -> float:
+        """:meth:`monitor` on the file-backed source: the same bank and queries (at most
+        ``monitor_size + monitor_val_size`` images), each decoded at the crop size (shorter side resized,
+        centre crop) by DataLoader workers and embedded batch by batch; the set is never decoded whole."""
+        from eval.probes import knn_probe
+
+        t = self.cfg["train"]
+        labelled = torch.nonzero(y >= 0).flatten()
+        if len(labelled) < 2:
+            return float("nan")
+        nval = min(t["monitor_val_size"], len(labelled) // 5)
+        nmem = min(t["monitor_size"], len(labelled) - nval)
+        pick = torch.cat([labelled[:nmem], labelled[len(labelled) - nval:]])
+        rows = ds.real_rows[pick.numpy()]
+        a = self.aug
+        size = a.size if isinstance(a.size, int) else int(a.size[0])
+        loader = torch.utils.data.DataLoader(ResizedImages(ds.split, rows, size, ds.channels), batch_size=256,
+                                             num_workers=min(self.workers(), 4))
+        feats, ok = [], []
+        for xb, good in loader:
+            feats.append(self.embed(xb))
+            ok.append(good)
+        feats, ok = torch.cat(feats), torch.cat(ok)
+        yp = y[pick]
+        mem, val = ok.clone(), ok.clone()
+        mem[nmem:] = False
+        val[:nmem] = False
+        if not mem.any() or not val.any():
+            return float("nan")
+        return knn_probe(feats[mem], yp[mem], feats[val], yp[val], k=20, temperature=0.07)["accuracy"]
 
     @torch.no_grad()
     def embed(self, x, bs=1024):
@@ -418,14 +508,21 @@ class Trainer:
         self.model.train()
         epoch, batch = start_epoch, start_batch
         lo = self.rank * local_bs  # this rank's slice of every global batch
+        files = None
+        if isinstance(x, CropDataset):  # this rank's crops, decoded by workers from (epoch, batch) on
+            files = iter(FileBatches(x, n, bs, t["seed"], steps_per_epoch, self.world, self.rank, self.workers(),
+                                     (epoch, batch), pin_memory=self.device.type == "cuda"))
         try:
             while self.step < stop:
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(t["seed"] * 100003 + epoch))
+                perm = epoch_permutation(n, t["seed"], epoch) if files is None else None
                 while batch < steps_per_epoch and self.step < stop:
                     start = batch * bs + lo
                     late = self.world > 1 and time.time() - last_ckpt > 60 * t["checkpoint_minutes"]
-                    rows = self.source_index(perm[start:start + local_bs])
-                    due = self._train_step(x[rows], total, warmup, epoch, ckpt, log, logf, pbar, t0, late)
+                    if files is None:
+                        data = x[self.source_index(perm[start:start + local_bs])]
+                    else:
+                        data = next(files)[0]
+                    due = self._train_step(data, total, warmup, epoch, ckpt, log, logf, pbar, t0, late)
                     batch += 1
                     if self.world == 1:
                         due = time.time() - last_ckpt > 60 * t["checkpoint_minutes"]
@@ -446,6 +543,8 @@ class Trainer:
                         self.tb.add_scalar("monitor/knn20_heldout_train", acc, self.step)
                     logger.info(f"epoch {epoch}: kNN(k=20) on held-out train split {100 * acc:.2f}%")
         finally:
+            if files is not None:
+                files.close()  # the DataLoader's workers end here
             pbar.close()
             if logf is not None:
                 logf.close()
@@ -467,9 +566,16 @@ class Trainer:
         views += [self.small_aug(xb, self.gen) for _ in range(self.n_small)]
         return [v.to(memory_format=torch.channels_last) for v in views]
 
+    def crop_views(self, crops: list) -> list[torch.Tensor]:
+        """The views of the file-backed source: the workers' uint8 crops (large views, then small) through
+        the rest of each view's augmentation, on the trainer's generator in the order of :meth:`views`."""
+        augs = self.view_augs + [self.small_aug] * self.n_small
+        return [augment_cropped(a, v, self.gen).to(memory_format=torch.channels_last) for a, v in zip(augs, crops)]
+
     def _train_step(self, xb, total, warmup, epoch, ckpt, log, logf, pbar, t0, due=False) -> bool:
-        """One optimiser step on this rank's batch ``xb``; returns whether to checkpoint after it
-        (``due``: rank 0's clock decides for every rank under torchrun)."""
+        """One optimiser step on this rank's batch ``xb`` (uint8 images; or, from the file-backed source,
+        the list of uint8 crops per view); returns whether to checkpoint after it (``due``: rank 0's clock
+        decides for every rank under torchrun)."""
         o, t = self.cfg["optim"], self.cfg["train"]
         ts = time.time()
         lr = o["lr"] * lr_multiplier(o["schedule"], self.step, total, warmup, o["min_lr_ratio"])
@@ -481,8 +587,12 @@ class Trainer:
         start_hook = getattr(self.model, "on_step_start", None)
         if start_hook is not None:
             start_hook(self.step, total, self.steps_per_epoch)
-        xb = xb.to(self.device)
-        views = self.views(xb)
+        if isinstance(xb, list):
+            views = self.crop_views([v.to(self.device, non_blocking=True) for v in xb])
+            xb = xb[0]
+        else:
+            xb = xb.to(self.device)
+            views = self.views(xb)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
             loss = self.ddp(views)
         if self.world > 1:
@@ -594,5 +704,5 @@ def _split_tensor(split, spec: str) -> torch.Tensor:
     """All images of a split as uint8 ``[N, C, H, W]``; file-backed splits (tinyimagenet, folders)
     are decoded into memory, which needs one image size."""
     return split.images_tensor(desc=f"decoding {spec}", mismatch=lambda i, got, first: ConfigError(
-        f"{spec}: image {i} is {got}, image 0 {first}; the in-memory trainer needs one image size (resize the data "
-        f"set first)"))
+        f"{spec}: image {i} is {got}, image 0 {first}; the in-memory trainer needs one image size (set "
+        f"data.source=files, or resize the data set first)"))
