@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     tree = cached_jpeg_tree("gpu-check-dry" if dry else "gpu-check", cache=args.cache,
                             classes=4 if dry else 16, per_class=args.images // (4 if dry else 16),
                             sizes=(40, 96) if dry else (375, 500), quality=90, layout="imagenet",
-                            eval_per_class=1, seed=0)
+                            processes=1 if dry else 0, eval_per_class=1, seed=0)
     compile_too = args.compile == "on" or (args.compile == "auto" and not dry and has_compile_key())
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu_check.") as tmp:
