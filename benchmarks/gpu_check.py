@@ -102,8 +102,6 @@ class StepClock:
 
     def on_step_start(self, step, total, steps_per_epoch):
         self.starts.append(time.perf_counter())
-        if len(self.starts) == self.warmup + 1 and self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         if self.first_start is not None:
             self.first_start(step, total, steps_per_epoch)
 
@@ -141,6 +139,9 @@ def run_case(name: str, recipe: str, sets: list, tree: Path, out: Path, args, de
         sets += DRY_SETS + DRY_CASE[name.split("+")[0]] + [f"augment.size={args.crop}"]
     cfg = load_recipe(recipe, sets)
     print(f"\n== {name}: {recipe} + {' '.join(sets)}", flush=True)
+    if device.type == "cuda":  # each case's own peak, the model's set-up included
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(cfg, out, device=str(device))
     clock = StepClock(trainer.model, trainer.device, args.warmup)
     t0 = time.perf_counter()
@@ -168,7 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="run everything on the CPU with tiny sizes (seconds)")
     ap.add_argument("--steps", type=int, default=None, help="steps per case (default 100; --dry 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 10; --dry 1)")
-    ap.add_argument("--batch", type=int, default=None, help="global batch (default 256; --dry 8)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="global batch (default 256; lower it if a small GPU runs out of memory; --dry 8)")
     ap.add_argument("--images", type=int, default=None, help="generated JPEGs (default 4096; --dry 32)")
     ap.add_argument("--workers", type=int, default=None,
                     help="DataLoader workers (default: CPU cores - 1, at most 16; --dry 1)")
