@@ -46,6 +46,9 @@ def add_parsers(sub) -> None:
                    help="features on disk ($SSLZOO_HOME/featstores), linear and kNN probes read them in chunks "
                         "(always on under torchrun, where every rank extracts a shard)")
     p.add_argument("--store-dtype", choices=("fp32", "fp16"), default="fp32", help="feature store precision")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding file-backed data (folder:, imagenet, pack:); default "
+                        "min(4, CPUs), 0: in this process; the features do not depend on it")
     p.set_defaults(func=run_eval)
     p = sub.add_parser("leaderboard", help="all stored results: one row per model x dataset x protocol")
     p.add_argument("--format", choices=("md", "csv", "json", "html"), default="md",
@@ -71,6 +74,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--root", default=None, help="dataset folder of a catalogue name (default $SSLZOO_DATA/<name>)")
     p.add_argument("--download", action="store_true", help="download a catalogue data set if missing")
     p.set_defaults(func=run_embed)
+    p = sub.add_parser("pack", help="a file-backed data set -> a few large shards of the original encoded bytes + "
+                                    "an index (read back as pack:OUT); atomic")
+    p.add_argument("src", metavar="SRC", help="folder:PATH, imagenet, tinyimagenet or pack:PATH")
+    p.add_argument("out", metavar="OUT", help="the pack folder to write")
+    p.add_argument("--split", action="append", default=None,
+                   help="a split to pack (repeatable; default all: train + test/val)")
+    p.add_argument("--shard-size", default="1GB", help="bytes per shard file, e.g. 1GB, 512MB, 2GiB (default 1GB)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave undecodable files (empty, truncated, corrupt, not an image) out, with a count; "
+                        "default: refuse, naming them")
+    p.add_argument("--workers", type=int, default=None, help="decode-check processes (default min(4, CPUs); 0: none)")
+    p.add_argument("--root", default=None, help="dataset folder of a catalogue name (default $SSLZOO_DATA/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pack at OUT")
+    p.set_defaults(func=run_pack)
 
 
 def run_eval(args) -> int:
@@ -78,6 +95,8 @@ def run_eval(args) -> int:
     from .tables import make_table, render, render_summary, table_out_paths, write_table
 
     outs = table_out_paths(args.out, args.overwrite) if args.out else []
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be >= 0 (0: decode in this process), got {args.workers}")
     baselines = () if args.baselines in ("", "none") else tuple(b.strip() for b in args.baselines.split(","))
     probes = parse_probes(args.probes)
     frozen = [p for p in probes if p not in PROTOCOLS]
@@ -98,7 +117,7 @@ def run_eval(args) -> int:
                              seeds=seeds, baselines=baselines, root=args.root, download=args.download,
                              precision=args.precision, batch_size=args.batch_size, cache=not args.no_cache,
                              force=args.force, info=info, feature_store=args.feature_store,
-                             store_dtype=args.store_dtype, weights=args.weights)
+                             store_dtype=args.store_dtype, weights=args.weights, workers=args.workers)
         if not D.is_main():
             return 0
     finally:
@@ -171,6 +190,18 @@ def run_embed(args) -> int:
     done = "already there" if r["computed"] == 0 else (
         f"resumed at row {r['resumed_from']}" if r["resumed_from"] else "computed")
     print(f"{args.out}: {r['rows']} x {r['dim']} float32 features ({done}); row names in {index_path(args.out)}")
+    return 0
+
+
+def run_pack(args) -> int:
+    from .packed import parse_size, write_pack
+
+    meta = write_pack(args.src, args.out, splits=args.split, root=args.root, shard_size=parse_size(args.shard_size),
+                      skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers)
+    for name, e in meta["splits"].items():
+        left = f", {e['left_out']} undecodable file(s) left out" if e["left_out"] else ""
+        print(f"{args.out}: {name}: {e['count']} images, {e['bytes'] / 1e6:.1f} MB in {len(e['shards'])} shard(s){left}")
+    print(f"read it as --dataset pack:{args.out}")
     return 0
 
 

@@ -4,7 +4,9 @@ Specs: catalogue names (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``,
 ``svhn``, ``tinyimagenet``, ``imagenet``), ``folder:PATH`` (``PATH/train``, ``PATH/test`` and
 optionally ``PATH/val``, one sub-folder per class, see :func:`load_folder`) and ``npz:PATH`` (arrays
 ``{split}_image`` uint8 ``[N,H,W(,C)]`` + ``{split}_label``, or ``image`` + ``label`` for the train
-split only, see :func:`load_npz`).
+split only, see :func:`load_npz`) and ``pack:PATH`` (shards of encoded images written by ``sslzoo
+pack``, see :func:`load_pack` and ``docs/packs.md``). :func:`decode_bytes` is the one decode policy of
+file-backed data.
 
 Every loader reads the upstream on-disk format itself (IDX, CIFAR pickle batches, STL10 binary,
 SVHN .mat, image folders), so nothing depends on torchvision's dataset classes except the optional
@@ -66,6 +68,7 @@ class ImageSplit:
     paths: list | None = None
     source: str = ""
     mode: str | None = None  # file-backed only: "RGB" gives 3 channels; None: 1 for grayscale files, 3 for colour
+    pack: "PackReader | None" = None  # a packed split (pack:PATH): ``paths`` are the packed file names
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -89,6 +92,8 @@ class ImageSplit:
         """The name of image ``i`` in messages: its path (a packed split: the pack and the file name)."""
         if self.paths is None:
             return f"{self.name}/{self.split} image {i}"
+        if self.pack is not None:
+            return f"pack:{self.pack.root} {self.paths[i]}"
         return str(self.paths[i])
 
     def read_bytes(self, i: int) -> bytes:
@@ -96,6 +101,8 @@ class ImageSplit:
         DataLoader worker reads, so that it can decode at reduced size (JPEG draft mode)."""
         if self.paths is None:
             raise DatasetError(f"{self.name}/{self.split} is held in memory; it has no encoded bytes (use .get(i))")
+        if self.pack is not None:
+            return self.pack.read(i)
         with open(self.paths[i], "rb") as f:
             return f.read()
 
@@ -142,7 +149,8 @@ class ImageSplit:
         """sha256 over the content and the labels: the cache key of the data. In-memory splits hash
         their pixels; file-backed splits the sha256 of every file's bytes (:func:`file_digests`, cached
         by path, size, mtime and ctime), its name and the decode mode -- so an image swapped in place
-        for another of the same size changes the fingerprint."""
+        for another of the same size changes the fingerprint. A packed split takes the sha256 of every
+        file from its index (nothing is re-hashed): the same fingerprint as the tree it was packed from."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             if self.images is not None:
@@ -150,7 +158,9 @@ class ImageSplit:
                 h.update(np.ascontiguousarray(self.images).tobytes())
             else:
                 h.update(f"mode={self.mode}\n".encode())
-                for p, d in zip(self.paths, file_digests(self.paths, desc=f"{self.name}/{self.split}: hashing")):
+                digests = (self.pack.digests() if self.pack is not None
+                           else file_digests(self.paths, desc=f"{self.name}/{self.split}: hashing"))
+                for p, d in zip(self.paths, digests):
                     h.update(f"{os.path.basename(p)}:{d}\n".encode())
             h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
             self._fingerprint = h.hexdigest()
@@ -224,6 +234,15 @@ def decode_bytes(data: bytes, name: str, mode: str | None = "RGB",
         arr = ((arr[:, :, 0:1].astype(np.uint32) * 19595 + arr[:, :, 1:2].astype(np.uint32) * 38470
                 + arr[:, :, 2:3].astype(np.uint32) * 7471 + 0x8000) >> 16).astype(np.uint8)
     return np.ascontiguousarray(arr)
+
+
+def default_workers() -> int:
+    """Decode worker processes when none are asked for: ``min(4, CPUs available to this process)``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(0, min(4, n))
 
 
 def _file_key(st: os.stat_result) -> list:
@@ -405,17 +424,61 @@ def _scan_class_tree(split_dir: Path, what: str, classes: list, layout: str):
 # ----------------------------------------------------------------------------- folder:PATH and npz:PATH
 
 
+def list_images(root) -> list[str]:
+    """Every image file below ``root`` (suffixes :data:`IMAGE_EXTS`, case-insensitive; hidden files and
+    folders skipped), recursively, sorted by relative path (folder by folder, so a file's position
+    does not depend on the file system's listing order)."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS:
+                found.append(os.path.relpath(os.path.join(dirpath, f), root))
+    found.sort(key=lambda p: Path(p).parts)
+    return [str(root / p) for p in found]
+
+
+FOLDER_SPLITS = ("train", "test", "val")
+
+
+def is_unlabelled_folder(root) -> bool:
+    """The rule that tells the two ``folder:`` layouts apart: a folder with none of the sub-folders
+    ``train/``, ``test/``, ``val/`` is unlabelled (every image below it, at any depth, label -1); a
+    folder with any of them is the labelled layout (``train/`` and ``test/``, one sub-folder per class)."""
+    root = Path(root)
+    return root.is_dir() and not any((root / s).is_dir() for s in FOLDER_SPLITS)
+
+
+def load_unlabelled_folder(root: Path, split: str = "train") -> ImageSplit:
+    """An unlabelled ``folder:`` (see :func:`is_unlabelled_folder`): its one split ``train`` holds every
+    image below ``root`` with target -1 (the unlabelled sentinel of :func:`unlabelled_mask`), classes
+    ``[]``. For training and ``sslzoo embed``; the probes need labels, so another split is refused."""
+    if split != "train":
+        raise DatasetError(f"image folder {root} is unlabelled (no train/ or test/ sub-folder): it has one split, "
+                           f"train, for training and `sslzoo embed`; probes need labels, put them in "
+                           f"{root}/{{train,test}}/<class>/<image>")
+    paths = list_images(root)
+    if not paths:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTS)}) in {root} or its sub-folders: an unlabelled folder "
+                           f"holds images at any depth, a labelled one {root}/{{train,test}}/<class>/<image>")
+    return ImageSplit(root.name, "train", np.full(len(paths), -1, dtype=np.int64), [], paths=paths, source=str(root))
+
+
 def load_folder(path, split: str = "train") -> ImageSplit:
     """``PATH/train/<class>/<image>``, ``PATH/test/<class>/<image>`` and, when present, ``PATH/val/...``.
 
     Classes are the sorted sub-folder names of ``train/``; images are any of :data:`IMAGE_EXTS`
     (case-insensitive, other files are ignored). Every train class must have images in the requested
     split and the split may not have class folders that train lacks. File-backed: decoded by ``get``.
+    A folder with none of ``train/``, ``test/``, ``val/`` is unlabelled (:func:`load_unlabelled_folder`).
     """
     root = Path(path).expanduser()
     layout = f"{root}/{{train,test}}/<class>/<image>"
     if not root.is_dir():
         raise DatasetNotFound(f"image folder {root} not found: put the images in {layout}")
+    if is_unlabelled_folder(root):
+        return load_unlabelled_folder(root, split)
     for sub in ("train", "test"):
         if not (root / sub).is_dir():
             raise DatasetError(f"{root} has no {sub}/ sub-folder: the layout is {layout}")
@@ -548,6 +611,131 @@ def load_npz(path, split: str = "train") -> ImageSplit:
             mapped[~unlabelled] = np.searchsorted(ids, labels[~unlabelled].astype(ids.dtype))
             labels = mapped
     return ImageSplit(p.stem, split, labels, classes, images=np.ascontiguousarray(images), source=str(p))
+
+
+# ----------------------------------------------------------------------------- pack:PATH (eval.packed writes it)
+
+PACK_FORMAT = "sslzoo-pack"
+PACK_VERSION = 1
+PACK_META = "pack.json"
+#: one row per image of a split's ``SPLIT.index.npy``: shard number, byte offset and length in it, label
+#: (-1: unlabelled), sha256 of the file's bytes
+PACK_INDEX_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("length", "<u8"), ("label", "<i8"),
+                             ("sha256", "V32")])
+
+
+class PackReader:
+    """Random access to one packed split: ``read(i)`` is one ``os.pread`` on a shard file kept open.
+
+    The files are opened lazily, once per process (a DataLoader worker forked from a process that
+    already read opens its own descriptors: the ones inherited across ``fork`` are not shared, and a
+    pickled reader carries none). The index is memory-mapped, so 1.28M rows cost no resident memory
+    until they are touched."""
+
+    def __init__(self, root, split: str, shards: list, index: np.ndarray):
+        self.root, self.split, self.shards, self.index = Path(root), split, list(shards), index
+        self._fds: dict = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fds"], state["_pid"] = {}, None
+        return state
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():  # forked: the parent's descriptors share its file offsets; use our own
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            path = self.root / self.shards[shard]
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise DatasetError(f"pack {self.root}: cannot open shard {path} ({e.strerror}); the pack is "
+                                   f"incomplete, write it again with `sslzoo pack`") from None
+            self._fds[shard] = fd
+        return fd
+
+    def read(self, i: int) -> bytes:
+        """The encoded bytes of image ``i``, exactly as they were in the packed file."""
+        row = self.index[i]
+        shard, offset, length = int(row["shard"]), int(row["offset"]), int(row["length"])
+        data = os.pread(self._fd(shard), length, offset)
+        if len(data) != length:
+            raise DatasetError(f"pack {self.root}: shard {self.shards[shard]} ends before image {i} "
+                               f"({len(data)} of {length} bytes at offset {offset}); the shard is truncated, write "
+                               f"the pack again with `sslzoo pack`")
+        return data
+
+    def digests(self) -> list[str]:
+        """The sha256 (hex) of every packed file, from the index."""
+        return [bytes(d).hex() for d in self.index["sha256"]]
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fds = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def read_pack_meta(root) -> dict:
+    """``PATH/pack.json`` checked: format, version and the splits it lists."""
+    root = Path(root)
+    meta_path = root / PACK_META
+    if not root.is_dir():
+        raise DatasetNotFound(f"pack {root} not found: write it with `sslzoo pack SRC {root}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{root} is not a pack (no {PACK_META}); write one with `sslzoo pack SRC OUT`") from None
+    except ValueError as e:
+        raise DatasetError(f"{meta_path} is not valid JSON ({_one_line(e)}); write the pack again") from None
+    if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT or not isinstance(meta.get("splits"), dict):
+        raise DatasetError(f"{meta_path} is not an ssl-zoo pack description; write the pack again with `sslzoo pack`")
+    if meta.get("version") != PACK_VERSION:
+        raise DatasetError(f"{root} is pack format version {meta.get('version')!r}, this ssl-zoo reads version "
+                           f"{PACK_VERSION}; write it again with this version's `sslzoo pack`")
+    return meta
+
+
+def load_pack(path, split: str = "train") -> ImageSplit:
+    """A pack written by ``sslzoo pack`` (format: ``docs/packs.md``) as a file-backed split whose
+    ``read_bytes`` reads from the shards (no per-image file opens) and whose fingerprint comes from
+    the index. ``test`` falls back to ``val`` when the pack has no ``test`` split (ImageNet's layout)."""
+    root = Path(path).expanduser()
+    meta = read_pack_meta(root)
+    splits = meta["splits"]
+    if split not in splits and split == "test" and "val" in splits:
+        split = "val"
+    if split not in splits:
+        raise DatasetError(f"pack {root} has splits {', '.join(splits) or 'none'}, not {split!r}")
+    info = splits[split]
+    try:
+        index = np.load(root / info["index"], mmap_mode="r", allow_pickle=False)
+        names = json.loads((root / info["names"]).read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"pack {root}: the {split} index is unreadable ({type(e).__name__}: {_one_line(e)}); "
+                           f"write the pack again with `sslzoo pack`") from None
+    if index.dtype != PACK_INDEX_DTYPE or index.ndim != 1 or not isinstance(names, list) or len(names) != len(index):
+        raise DatasetError(f"pack {root}: the {split} index does not match its names ({len(index)} rows of "
+                           f"{index.dtype}, {len(names) if isinstance(names, list) else '?'} names); write the pack "
+                           f"again")
+    reader = PackReader(root, split, info["shards"], index)
+    targets = np.ascontiguousarray(index["label"], dtype=np.int64).copy()  # a writable array, not a view
+    return ImageSplit(str(meta.get("name") or root.name), split, targets, list(meta.get("classes", [])),
+                      paths=[str(n) for n in names], source=str(root), mode=info.get("mode"), pack=reader)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 / CIFAR-100
@@ -865,16 +1053,18 @@ def load_split(spec: str, split: str = "train", root: str | None = None, downloa
 
 def _load_split(spec: str, split: str, root: str | None, download: bool) -> ImageSplit:
     if root is not None and str(root) != "":
-        if spec.startswith(("folder:", "npz:")):
+        if spec.startswith(("folder:", "npz:", "pack:")):
             raise DatasetError(f"--root {root} applies to catalogue data sets; {spec.split(':', 1)[0]}:PATH names "
                                f"its own files (drop --root)")
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], split)
     if spec.startswith("npz:"):
         return load_npz(spec[len("npz:"):], split)
+    if spec.startswith("pack:"):
+        return load_pack(spec[len("pack:"):], split)
     key = spec.lower().replace("_", "-")
     key = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "tiny-imagenet": "tinyimagenet"}.get(key, key)
     if key not in LOADERS:
         raise DatasetError(f"unknown dataset {spec!r}{did_you_mean(key, LOADERS)} (catalogue: {', '.join(LOADERS)}; "
-                           f"or folder:PATH, npz:PATH)")
+                           f"or folder:PATH, npz:PATH, pack:PATH)")
     return LOADERS[key](split=split, root=root, download=download)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from zoo.base import SSLZooError, atomic_write_text, fsync_dir, replace_dir
 
 from . import distributed as D
-from .features import model_fingerprint
+from .features import iter_batches, model_fingerprint
 
 FORMAT = 1
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
@@ -218,13 +218,14 @@ def publish_dir(tmp: Path, dest: Path) -> None:
 @torch.no_grad()
 def extract_to_store(model: torch.nn.Module, split, dest: str | Path, *, preprocess=None, batch_size: int = 512,
                      precision: str = "fp32", dtype: str = "fp32", device: str | None = None,
-                     meta: dict | None = None, desc: str | None = None) -> FeatureStore:
+                     meta: dict | None = None, desc: str | None = None, workers: int | None = None) -> FeatureStore:
     """Extract the features of ``split`` under ``model`` into a feature store at ``dest``.
 
     Run by every rank under torchrun (each extracts :func:`shard_batches` of the batch grid) or by a
     single process. ``precision``: ``fp32`` or ``bf16`` autocast; ``dtype``: ``fp32`` or ``fp16`` on
     disk. ``meta`` (model sha256, dataset, transform, ...) goes into the manifest. Returns the store
-    (on every rank, once rank 0 has published it)."""
+    (on every rank, once rank 0 has published it). File-backed splits are decoded in ``workers``
+    DataLoader processes per rank (:func:`eval.features.iter_batches`), in the same batch order."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     if dtype not in DTYPES:
@@ -255,8 +256,7 @@ def extract_to_store(model: torch.nn.Module, split, dest: str | Path, *, preproc
     try:
         with tqdm(total=total, desc=desc or f"features {split.name}/{split.split}", unit="img", dynamic_ncols=True,
                   leave=False, disable=not D.is_main()) as bar:
-            for i in batches:
-                xb = _batch(split, preprocess, i, batch_size)
+            for i, xb in iter_batches(split, preprocess, batch_size, workers=workers, batches=batches):
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     f = model(xb.to(dev))
                 rows = f.float().cpu().reshape(len(xb), -1).numpy().astype(np_dtype, copy=False)

@@ -214,7 +214,7 @@ def _run_store_jobs(jobs: list[Result], tr, te) -> None:
         _run_jobs(few, tr.load(), te.load())
 
 
-def _store_features(m, split, *, name, precision, batch_size, cache, dtype):
+def _store_features(m, split, *, name, precision, batch_size, cache, dtype, workers=None):
     """The feature store of ``split`` under ``m`` in ``$SSLZOO_HOME/featstores``: reused when complete
     (and ``cache``), else extracted -- sharded over the ranks under torchrun."""
     from .featstore import FeatureStore, StoreFormatError, extract_to_store
@@ -230,7 +230,7 @@ def _store_features(m, split, *, name, precision, batch_size, cache, dtype):
     if D.broadcast_object(reuse):
         return FeatureStore(dest)
     return extract_to_store(m, split, dest, batch_size=batch_size, precision=precision, dtype=dtype,
-                            desc=f"{name}: {split.split}")
+                            desc=f"{name}: {split.split}", workers=workers)
 
 
 def _finite_store(st, name: str, what: str) -> None:
@@ -263,7 +263,8 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
              baselines=(), root: str | None = None, download: bool = False, precision: str = "fp32",
              batch_size: int = 512, cache: bool = True, save: bool = True, force: bool = False,
              store: ResultStore | None = None, info: dict | None = None, feature_store: bool = False,
-             store_dtype: str = "fp32", label: str | None = None, weights: str | None = None) -> list[dict]:
+             store_dtype: str = "fp32", label: str | None = None, weights: str | None = None,
+             workers: int | None = None) -> list[dict]:
     """Evaluate ``model_spec`` (+ optional baselines) on ``dataset``; returns table rows (one per model x
     protocol, mean ± std over seeds, see :func:`eval.store.aggregate`).
 
@@ -276,6 +277,8 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
     are stored when ``save``. ``info``, when given, receives ``reused`` and ``computed`` counts.
     ``label`` names the model in the store and tables (default: the folder's name or registry name).
     ``weights``: a local weights file for the model (``create_model(..., weights=)``).
+    ``workers``: DataLoader processes that decode file-backed data sets (``folder:``, ``imagenet``,
+    ``pack:``; default :func:`eval.datasets.default_workers`, 0: in this process); results do not depend on it.
 
     ``finetune`` is not a frozen-feature probe: it lives in :func:`training.finetune.evaluate_finetune`."""
     probes = list(dict.fromkeys(probes))
@@ -341,7 +344,8 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
             todo = [j for j in jobs if j.key not in stored]
             if use_store:
                 if D.broadcast_object(bool(todo)):  # rank 0 knows what the results store holds
-                    kw = dict(name=name, precision=precision, batch_size=batch_size, cache=cache, dtype=store_dtype)
+                    kw = dict(name=name, precision=precision, batch_size=batch_size, cache=cache, dtype=store_dtype,
+                              workers=workers)
                     tr, te = _store_features(m, train, **kw), _store_features(m, test, **kw)
                     if main:
                         _finite_store(tr, name, "train")
@@ -351,8 +355,10 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
                         if save:
                             store.put(todo, replace=True)
             elif todo:
-                tr = extract(m, train, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: train")
-                te = extract(m, test, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: test")
+                tr = extract(m, train, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: train",
+                             workers=workers)
+                te = extract(m, test, batch_size=batch_size, precision=precision, cache=cache, desc=f"{name}: test",
+                             workers=workers)
                 _finite(tr[0], name, "train")
                 _finite(te[0], name, "test")
                 _run_jobs(todo, tr, te, desc=f"{name}: probes")

@@ -1092,3 +1092,136 @@ def convert_flax_without_resnet(tmp):
 @pytest.mark.parametrize("name", ["convert_flax_msgpack_as_pytorch", "convert_flax_without_resnet"])
 def test_bad_input_flax(name, tmp_path):
     test_bad_input(name, tmp_path)
+
+
+# ----------------------------------------------------------------------------- issue 18 (eval side): unlabelled
+# folders, packs, decode workers. Registered after test_bad_input's parametrisation, run by the test below.
+
+CASES_18A = []
+
+
+def case18a(pattern, cmd="eval"):
+    def deco(fn):
+        case(pattern, cmd)(fn)
+        CASES_18A.append(fn.__name__)
+        return fn
+    return deco
+
+
+def _jpeg_bytes(seed=0) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(images(1, size=24, c=3, seed=seed)[0]).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@case18a(r"imgs/test/b/z\.jpg is not a readable image \(OSError: .*\); replace or remove it")
+def image_folder_truncated_jpeg_in_a_worker(tmp):
+    data = image_folder(tmp / "imgs")
+    (tmp / "imgs" / "test" / "b" / "z.jpg").write_bytes(_jpeg_bytes()[:300])  # sorted last: decoded in a worker
+    return _eval(tmp, None, data, "--workers", "2", "--batch-size", "2")
+
+
+@case18a(r"image folder .*photos is unlabelled \(no train/ or test/ sub-folder\): it has one split, train, for "
+         r"training and `sslzoo embed`; probes need labels")
+def eval_unlabelled_folder(tmp):
+    for i in range(3):
+        (tmp / "photos" / "trip").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images(1, seed=i)[0]).save(tmp / "photos" / "trip" / f"{i}.png")
+    return _eval(tmp, None, f"folder:{tmp / 'photos'}")
+
+
+@case18a(r"--workers must be >= 0 \(0: decode in this process\), got -1")
+def eval_negative_workers(tmp):
+    return _eval(tmp, None, None, "--workers", "-1")
+
+
+@case18a(r"2 file\(s\) of folder:.*imgs cannot be decoded: .*train/b/empty\.jpg: empty \(0 bytes\); .*notes\.jpg: "
+         r"not a readable image .*; fix or remove them, or pass --skip-bad to leave them out of the pack", cmd="pack")
+def pack_undecodable_files(tmp):
+    image_folder(tmp / "imgs")
+    (tmp / "imgs" / "train" / "b" / "empty.jpg").write_bytes(b"")
+    (tmp / "imgs" / "test" / "a" / "notes.jpg").write_text("not an image\n")
+    return [f"folder:{tmp / 'imgs'}", str(tmp / "out" / "pack"), "--workers", "0"]
+
+
+@case18a(r"npz:.*d\.npz is held in memory \(decoded arrays, not image files\); `sslzoo pack` packs file-backed data "
+         r"sets", cmd="pack")
+def pack_in_memory_dataset(tmp):
+    return [npz(tmp / "d.npz", **good_arrays()), str(tmp / "out" / "pack")]
+
+
+@case18a(r"OUT .*mine exists and is not a pack \(no pack\.json\); --overwrite replaces packs only", cmd="pack")
+def pack_overwrite_a_folder_that_is_not_a_pack(tmp):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "keep.txt").write_text("a user's file")
+    return [image_folder(tmp / "imgs"), str(tmp / "mine"), "--overwrite"]
+
+
+@case18a(r"--shard-size 'lots' is not a size; give bytes with a unit, e.g\. 1GB, 512MB or 2GiB", cmd="pack")
+def pack_bad_shard_size(tmp):
+    return [image_folder(tmp / "imgs"), str(tmp / "out" / "pack"), "--shard-size", "lots"]
+
+
+@case18a(r".*nopack is not a pack \(no pack\.json\); write one with `sslzoo pack SRC OUT`")
+def eval_pack_that_is_not_a_pack(tmp):
+    (tmp / "nopack").mkdir()
+    return _eval(tmp, None, f"pack:{tmp / 'nopack'}")
+
+
+@case18a(r"pack .*pk: shard train-00000\.shard ends before image 5 \(.* bytes at offset .*\); the shard is "
+         r"truncated, write the pack again with `sslzoo pack`")
+def eval_pack_with_truncated_shard(tmp):
+    from eval.packed import write_pack
+
+    image_folder(tmp / "imgs")
+    write_pack(f"folder:{tmp / 'imgs'}", tmp / "pk", workers=0)
+    shard = tmp / "pk" / "train-00000.shard"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    return _eval(tmp, None, f"pack:{tmp / 'pk'}")
+
+
+@pytest.mark.parametrize("name", CASES_18A)
+def test_bad_input_18a(name, tmp_path):
+    test_bad_input(name, tmp_path)
+
+
+# ----------------------------------------------------------------------------- the file-backed training source
+# (issue 18) Registered after test_bad_input's parametrisation was built, so each case runs through it here.
+
+def _jpeg_folder(tmp) -> str:
+    root = tmp / "jpegs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(images(1, size=20 + 4 * i, c=3, seed=i)[0]).save(root / split / c / f"{i}.JPEG")
+    return f"folder:{root}"
+
+
+@case(r"data\.source must be auto, memory or files, got 'disk'", cmd="train")
+def train_data_source_unknown(tmp):
+    return _train(tmp, "data.source=disk")
+
+
+@case(r"data\.workers must be a whole number >= 0 \(0: decode in the training process\) or null, got -1", cmd="train")
+def train_data_workers_negative(tmp):
+    return _train(tmp, "data.workers=-1")
+
+
+@case(r"good/train is held in memory; data\.source=files needs a file-backed data set", cmd="train")
+def train_files_source_for_in_memory_data(tmp):
+    return _train(tmp, "data.source=files")
+
+
+@case(r"data\.source=files crops in DataLoader workers with torchvision's semantics; set augment\.version=2",
+      cmd="train")
+def train_files_source_with_augment_version_1(tmp):
+    return _train(tmp, "data.source=files", "model.in_chans=3", data=_jpeg_folder(tmp))
+
+
+@pytest.mark.parametrize("name", ["train_data_source_unknown", "train_data_workers_negative",
+                                  "train_files_source_for_in_memory_data", "train_files_source_with_augment_version_1"])
+def test_bad_input_file_source(name, tmp_path):
+    test_bad_input(name, tmp_path)

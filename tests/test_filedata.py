@@ -127,3 +127,105 @@ def test_write_jpeg_tree_folder_and_unlabelled_layouts(tmp_path):
     assert len(paths) == 6 and all(p.parent.parent == tmp_path / "u" for p in paths)
     with pytest.raises(ValueError, match="layout must be one of"):
         write_jpeg_tree(tmp_path / "x", layout="coco")
+
+
+# ----------------------------------------------------------------------------- unlabelled folders
+
+
+def test_unlabelled_folder_flat_and_nested(tmp_path):
+    from eval.datasets import is_unlabelled_folder
+
+    write_jpeg_tree(tmp_path / "u", classes=2, per_class=3, sizes=(20, 40), layout="unlabelled")
+    rng = np.random.default_rng(0)
+    Image.fromarray(synthetic_image(rng, 30, 20)).save(tmp_path / "u" / "top.png")  # flat and nested together
+    (tmp_path / "u" / "part1" / "deeper").mkdir()
+    Image.fromarray(synthetic_image(rng, 30, 20)).save(tmp_path / "u" / "part1" / "deeper" / "z.JPG")
+    (tmp_path / "u" / "part0" / "notes.txt").write_text("not an image, ignored")
+    (tmp_path / "u" / ".hidden").mkdir()
+    Image.fromarray(synthetic_image(rng, 30, 20)).save(tmp_path / "u" / ".hidden" / "h.png")
+    assert is_unlabelled_folder(tmp_path / "u")
+    s = load_split(f"folder:{tmp_path / 'u'}", "train")
+    rel = [str(p).removeprefix(str(tmp_path / "u") + "/") for p in s.paths]
+    assert rel == ["part0/part0_img_00000.jpg", "part0/part0_img_00001.jpg", "part0/part0_img_00002.jpg",
+                   "part1/deeper/z.JPG", "part1/part1_img_00000.jpg", "part1/part1_img_00001.jpg",
+                   "part1/part1_img_00002.jpg", "top.png"]
+    assert s.targets.dtype == np.int64 and (s.targets == -1).all() and s.classes == []
+    assert s.get(7).shape == (3, 20, 30) and len(s.fingerprint()) == 64
+    for split in ("test", "val"):
+        with pytest.raises(DatasetError, match=r"is unlabelled .* probes need labels") as e:
+            load_split(f"folder:{tmp_path / 'u'}", split)
+        assert "\n" not in str(e.value)
+
+
+def test_labelled_and_unlabelled_folder_rule(tmp_path):
+    from eval.datasets import is_unlabelled_folder
+
+    write_jpeg_tree(tmp_path / "f", classes=2, per_class=2, sizes=(20, 30), layout="folder")
+    assert not is_unlabelled_folder(tmp_path / "f")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(DatasetError, match="no images .* an unlabelled folder holds images at any depth"):
+        load_split(f"folder:{tmp_path / 'e'}")
+
+
+# ----------------------------------------------------------------------------- evaluation from file-backed data
+
+
+@pytest.fixture
+def jpeg_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLZOO_HOME", str(tmp_path / "home"))
+    root = tmp_path / "imgs"
+    write_jpeg_tree(root, classes=2, per_class=6, sizes=(30, 80), layout="folder", odd_files=True)
+    return root
+
+
+def _model():
+    from zoo.hub import create_model
+
+    torch.manual_seed(0)
+    return create_model("simclr_resnet18w16_fashion_mnist", pretrained=False)
+
+
+def test_features_identical_with_0_and_2_workers_in_memory_and_in_a_store(jpeg_folder, tmp_path):
+    from eval.featstore import extract_to_store
+    from eval.features import extract
+
+    split = load_split(f"folder:{jpeg_folder}", "train")
+    model = _model()
+    f0, y0 = extract(model, split, batch_size=3, cache=False, workers=0)
+    f2, y2 = extract(model, split, batch_size=3, cache=False, workers=2)
+    assert f0.shape == (len(split), 128) and torch.equal(f0, f2) and torch.equal(y0, y2)
+    st = extract_to_store(model, split, tmp_path / "store", batch_size=3, workers=2)
+    fx, fy = st.load()
+    assert torch.equal(fx, f0) and torch.equal(fy, y0)
+
+
+def test_evaluate_folder_with_feature_store_and_workers(jpeg_folder, tmp_path):
+    from eval.run import evaluate
+    from zoo.backbones import build_resnet
+    from zoo.io import save_folder
+
+    arch = {"arch": "resnet18", "stem": "cifar", "width": 4, "in_chans": 3}
+    pre = {"resize": 24, "crop": 24, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear", "in_chans": 3}
+    torch.manual_seed(0)
+    save_folder(build_resnet(**arch).state_dict(), {"name": "tiny", "arch": arch, "feature_dim": 32,
+                                                    "preprocess": pre}, tmp_path / "m")
+    kw = dict(probes=("knn", "linear"), seeds=(0,), save=False, force=True, batch_size=4)
+    mem = evaluate(str(tmp_path / "m"), f"folder:{jpeg_folder}", workers=0, **kw)
+    disk = evaluate(str(tmp_path / "m"), f"folder:{jpeg_folder}", workers=2, feature_store=True, **kw)
+    assert [r["protocol"] for r in disk] == [r["protocol"] for r in mem] and len(mem) >= 2
+    assert [r["accuracy_mean"] for r in disk] == pytest.approx([r["accuracy_mean"] for r in mem], abs=1e-4)
+    assert list((tmp_path / "home" / "featstores").iterdir())  # the features went to disk
+
+
+def test_a_bad_file_in_a_worker_is_one_line_naming_it(jpeg_folder):
+    from eval.features import extract
+
+    files = write_bad_files(jpeg_folder / "test" / "class1", ext=".jpg")
+    bad = files.pop("truncated")
+    for other in files.values():
+        other.unlink()
+    split = load_split(f"folder:{jpeg_folder}", "test")
+    with pytest.raises(DatasetError) as e:
+        extract(_model(), split, batch_size=2, cache=False, workers=2)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad} is not a readable image") and "\n" not in msg and "Traceback" not in msg

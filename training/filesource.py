@@ -41,6 +41,7 @@ import io
 import logging
 import os
 import struct
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,18 +256,49 @@ class _KeyBatches:
         s = self.src
         epoch, batch = s.start
         lo = s.rank * s.local_batch
-        while True:
+        left = s.steps
+        while left is None or left > 0:
             perm = epoch_permutation(s.n, s.seed, epoch)
             if s.sample_index is not None:
                 perm = s.sample_index(perm)
             for b in range(batch, s.steps_per_epoch):
+                if left is not None:
+                    if left <= 0:
+                        return
+                    left -= 1
                 start = b * s.batch_size + lo
                 yield [(epoch, int(i)) for i in perm[start:start + s.local_batch]]
             epoch, batch = epoch + 1, 0
 
 
+class _WorkerInit:
+    """Each DataLoader worker: dies with the training process (Linux ``PR_SET_PDEATHSIG``, so a SIGKILLed
+    run leaves no worker behind) and closes its inherited copies of ``fds`` (the run folder's lock, which
+    would otherwise stay held until the last worker exits)."""
+
+    def __init__(self, parent: int, fds: tuple):
+        self.parent, self.fds = parent, fds
+
+    def __call__(self, worker_id: int) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                import signal
+
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+            except (OSError, AttributeError):
+                return
+            if os.getppid() != self.parent:  # the parent died before prctl
+                os._exit(1)
+
+
 class FileBatches:
-    """This rank's batches from ``start = (epoch, batch)`` on, without end: each item is
+    """This rank's batches from ``start = (epoch, batch)`` on (``steps`` of them; None: without end): each item is
     ``(views, indices)``, ``views`` the list of uint8 batches (one per view, ``batch_size // world``
     samples). ``n`` samples per epoch (``dataset[(epoch, i)]`` for ``i < n``, unless ``sample_index``
     maps permutation entries to dataset indices), ``steps_per_epoch`` global batches of
@@ -277,7 +309,7 @@ class FileBatches:
 
     def __init__(self, dataset: CropDataset, n: int, batch_size: int, seed: int, steps_per_epoch: int,
                  world: int = 1, rank: int = 0, workers: int = 0, start: tuple = (0, 0), pin_memory: bool = False,
-                 prefetch: int = 2, sample_index=None):
+                 prefetch: int = 2, sample_index=None, inherited_fds: list = (), steps: int | None = None):
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} is not divisible by world {world}")
         self.dataset, self.n, self.batch_size, self.seed = dataset, int(n), int(batch_size), int(seed)
@@ -285,6 +317,8 @@ class FileBatches:
         self.local_batch = self.batch_size // self.world
         self.workers, self.start, self.pin_memory, self.prefetch = int(workers), tuple(start), pin_memory, prefetch
         self.sample_index = sample_index
+        self.inherited_fds = tuple(inherited_fds)
+        self.steps = steps
         self.bad: dict = {}
         self._loader = None
 
@@ -302,7 +336,7 @@ class FileBatches:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=_KeyBatches(self), num_workers=self.workers, collate_fn=collate_crops,
             pin_memory=self.pin_memory, prefetch_factor=self.prefetch if self.workers else None,
-            persistent_workers=False)
+            persistent_workers=False, worker_init_fn=_WorkerInit(os.getpid(), self.inherited_fds))
         it = iter(loader)
         self._loader = it
         try:
@@ -371,7 +405,7 @@ def choose_source(split: ImageSplit, setting: str = "auto", channels: int = 3,
     if setting == "memory" or split.images is not None:
         if setting == "files":
             raise ValueError(f"{split.name}/{split.split} is held in memory; data.source=files needs a file-backed "
-                             f"data set (folder:, imagenet, tinyimagenet)")
+                             f"data set (folder:, pack:, imagenet, tinyimagenet)")
         return "memory", "in memory" if split.images is not None else "data.source=memory"
     if setting == "files":
         return "files", "data.source=files"

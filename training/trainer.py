@@ -183,13 +183,19 @@ class Trainer:
         real set are virtual: :meth:`epoch_size` counts them and :meth:`source_index` maps a position
         in the inflated epoch to its image."""
         d = self.cfg["data"]
-        split = load_split(d["dataset"], d["split"], root=d["root"], download=d["download"])
         if d["source"] not in ("auto", "memory", "files"):
             raise ConfigError(f"data.source must be auto, memory or files, got {d['source']!r}")
+        self.workers()  # a bad data.workers is refused whatever the source
+        split = load_split(d["dataset"], d["split"], root=d["root"], download=d["download"])
         try:
             source, why = choose_source(split, d["source"], self.cfg["model"]["in_chans"])
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        augs = self.view_augs + ([self.small_aug] if self.small_aug is not None else [])
+        if source == "files" and d["source"] == "auto" and any(a.version != 2 for a in augs):
+            source = "memory"  # the workers crop with version 2 semantics; a version 1 recipe stays in memory
+            if self.rank == 0:
+                logger.info(f"data source: memory ({why}, but augment.version=1 needs the in-memory path)")
         if source == "files":
             if self.rank == 0:
                 logger.info(f"data source: files ({why}), {self.workers()} DataLoader worker(s)")
@@ -233,7 +239,6 @@ class Trainer:
         ``i`` of an epoch is image ``rows[i]`` (``data.subset`` applied, ``data.repeat`` copies), and the
         labels of the distinct images (for the monitor)."""
         d = self.cfg["data"]
-        self.workers()  # refuse a bad value before anything runs
         augs = self.view_augs + ([self.small_aug] if self.small_aug is not None else [])
         if any(a.version != 2 for a in augs):
             raise ConfigError("data.source=files crops in DataLoader workers with torchvision's semantics; set "
@@ -440,6 +445,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         lock = self._claim_folder(resume, overwrite)
         try:
+            self.run_lock = lock  # the file source's DataLoader workers close their inherited copy of its fd
             return self._fit(x, y, n, total, warmup, resume)
         finally:
             if lock is not None:
@@ -510,8 +516,11 @@ class Trainer:
         lo = self.rank * local_bs  # this rank's slice of every global batch
         files = None
         if isinstance(x, CropDataset):  # this rank's crops, decoded by workers from (epoch, batch) on
+            lock = getattr(self, "run_lock", None)
             files = iter(FileBatches(x, n, bs, t["seed"], steps_per_epoch, self.world, self.rank, self.workers(),
-                                     (epoch, batch), pin_memory=self.device.type == "cuda"))
+                                     (epoch, batch), pin_memory=self.device.type == "cuda",
+                                     inherited_fds=[lock.fd] if lock is not None and lock.fd is not None else [],
+                                     steps=stop - self.step))
         try:
             while self.step < stop:
                 perm = epoch_permutation(n, t["seed"], epoch) if files is None else None
@@ -704,5 +713,5 @@ def _split_tensor(split, spec: str) -> torch.Tensor:
     """All images of a split as uint8 ``[N, C, H, W]``; file-backed splits (tinyimagenet, folders)
     are decoded into memory, which needs one image size."""
     return split.images_tensor(desc=f"decoding {spec}", mismatch=lambda i, got, first: ConfigError(
-        f"{spec}: image {i} is {got}, image 0 {first}; the in-memory trainer needs one image size (set "
-        f"data.source=files, or resize the data set first)"))
+        f"{spec}: image {i} is {got}, image 0 {first}; the in-memory trainer needs one image size (train "
+        f"from the files with augment.version=2 and data.source=files, or resize the data set first)"))
