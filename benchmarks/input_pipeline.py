@@ -33,7 +33,8 @@ number the floor is about: it does not depend on other jobs taking cores from th
 rate does; both are recorded). Main processes run one torch thread.
 
 ``--profile`` also times (CPU milliseconds of this one-thread process) the steps of one sample, per image, on
-``--profile-images`` files: read bytes, decode at full size, draw the crop boxes, decode at the file
+``--profile-images`` files: read bytes, decode at full size, draw the crop boxes (and, for comparison,
+the cost of drawing them with one generator per sample and one call per crop size), decode at the file
 source's draft reduction, cut the crops (file source: decode + boxes + crops, and the crops alone
 by difference), the batched post-crop ops (per image), and torchvision's decode and per-view
 transforms.
@@ -204,7 +205,8 @@ def profile(tree: Path, recipe: str, n: int) -> dict:
     from PIL import Image
 
     from eval.datasets import load_split
-    from training.filesource import augment_cropped, crop_box, decode_crops, draft_scale, view_crops
+    from training.augmentation import sample_crop_boxes
+    from training.filesource import augment_cropped, crop_box, crop_seed, decode_crops, draft_scale, view_crops
 
     split = load_split("imagenet", "train", root=str(tree))
     augs = view_augments(recipe)
@@ -234,6 +236,18 @@ def profile(tree: Path, recipe: str, n: int) -> dict:
     # sample_crop_boxes per call), as CropDataset draws them
     boxes = clock("crop_boxes", lambda: [[crop_box(0, 0, int(idx[k]), v, h, w, c) for v, c in enumerate(crops)]
                                          for k, (w, h) in enumerate(sizes)])
+    # the alternative: one generator per sample and one sample_crop_boxes call per crop size (what
+    # drawing all of a sample's boxes at once would cost; other boxes, the same distribution)
+    groups: dict = {}
+    for v, c in enumerate(crops):
+        groups.setdefault((c.scale, c.ratio), []).append(v)
+
+    def grouped():
+        for k, (w, h) in enumerate(sizes):
+            g = torch.Generator().manual_seed(crop_seed(0, 0, int(idx[k]), 0))
+            for (scale, ratio), vs in groups.items():
+                sample_crop_boxes(len(vs), h, w, scale, ratio, g)
+    clock("crop_boxes_one_call_per_crop_size", grouped)
 
     def boxes_of(k):
         return lambda h, w: [crop_box(0, 0, int(idx[k]), v, h, w, c) for v, c in enumerate(crops)]
@@ -277,6 +291,7 @@ def main(argv=None):
     ap.add_argument("--recipes", default="simclr,m6")
     ap.add_argument("--profile", action="store_true", help="also time decode / crop / post-ops per image")
     ap.add_argument("--profile-images", type=int, default=64)
+    ap.add_argument("--profile-only", action="store_true", help="only the profile, no timed rows")
     ap.add_argument("--cache", default=None, help="folder of the generated tree (default $SSLZOO_HOME/cache/bench-jpeg)")
     ap.add_argument("--out", default=str(RESULTS / "input_pipeline.json"))
     args = ap.parse_args(argv)
@@ -288,6 +303,10 @@ def main(argv=None):
                             sizes=(lo, hi), quality=90, layout="imagenet", eval_per_class=1, seed=0)
     rows = []
     for recipe in args.recipes.split(","):
+        if args.profile_only:
+            rows.append({"recipe": recipe, "profile_ms_per_image": profile(tree, recipe, args.profile_images)})
+            print(f"{recipe} profile (ms per image): {rows[-1]['profile_ms_per_image']}", flush=True)
+            continue
         best: dict = {}
         for rep in range(args.repeats):
             for side, fn in (("files", run_files), ("torchvision", run_torchvision)):
