@@ -36,9 +36,19 @@ import filesource_worker as FW
 
 from eval.datasets import load_split
 from training.augmentation import ViewAugment
-from training.config import ConfigError, load_recipe
-from training.filesource import (CropDataset, FileBatches, FileSourceError, MAX_REPLACEMENTS, ViewCrop,
-                                 augment_cropped, choose_source, crop_box, decode_crops, epoch_permutation)
+from training.config import load_recipe
+from training.filesource import (
+    MAX_REPLACEMENTS,
+    CropDataset,
+    FileBatches,
+    FileSourceError,
+    ViewCrop,
+    augment_cropped,
+    choose_source,
+    crop_box,
+    decode_crops,
+    epoch_permutation,
+)
 from training.trainer import Trainer
 
 CROP = ViewCrop((24, 24), (0.2, 1.0), (0.75, 4 / 3))
@@ -192,7 +202,7 @@ def test_unreadable_images_are_replaced_and_counted(tmp_path, caplog):
     ds = CropDataset(split, [CROP], seed=0)
     row = names.index("empty.JPEG")
     views, i, rows = ds[(0, row)]
-    assert i == row and rows and all(names[r] in bad for r in rows)
+    assert i == row and rows and all(names[r] in bad for r, _ in rows)
     nxt = (row + len(rows)) % len(ds)  # the replacement: the next readable sample, cut with the bad one's key
     assert torch.equal(views[0], ds.crops_of(0, row, nxt)[0][0])
     with caplog.at_level(logging.WARNING, logger="training.filesource"):
@@ -368,3 +378,14 @@ def test_pack_gives_the_crops_of_its_folder(tree, tmp_path):
     b = _batches(CropDataset(pack, [CROP, SMALL], seed=3), 2, steps=4)
     for (va, ia), (vb, ib) in zip(a, b):
         assert torch.equal(ia, ib) and all(torch.equal(x, y) for x, y in zip(va, vb))
+
+
+def test_a_run_saved_before_data_source_existed_still_resumes(tmp_path):
+    from training.runfolder import RunFolderError, check_same_recipe
+
+    cfg = load_recipe("simclr_fashion_mnist_cpu")
+    old = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k not in ("source", "workers")}}
+    check_same_recipe(old, cfg, tmp_path)  # the keys it lacks had their defaults' meaning
+    with pytest.raises(RunFolderError, match="data.source"):
+        check_same_recipe(old, load_recipe("simclr_fashion_mnist_cpu", ["data.source=files"]), tmp_path)
+    check_same_recipe(cfg, load_recipe("simclr_fashion_mnist_cpu", ["data.workers=3"]), tmp_path)  # may change

@@ -47,15 +47,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eval.datasets import DatasetError, ImageSplit
+from eval.datasets import ImageSplit
 from zoo.base import SSLZooError
-from zoo.preprocess import PixelError, pil_to_uint8
+from zoo.preprocess import pil_to_uint8
 
 from .augmentation import ViewAugment, sample_crop_boxes
 
-__all__ = ["AUTO_MEMORY_LIMIT_BYTES", "CropDataset", "FileBatches", "FileSourceError", "MAX_REPLACEMENTS",
-           "ResizedImages", "ViewCrop", "augment_cropped", "choose_source", "collate_crops", "crop_box", "crop_seed",
-           "decode_crops", "default_workers", "draft_scale", "epoch_permutation", "view_crops"]
+__all__ = [
+    "AUTO_MEMORY_LIMIT_BYTES",
+    "MAX_REPLACEMENTS",
+    "CropDataset",
+    "FileBatches",
+    "FileSourceError",
+    "ResizedImages",
+    "ViewCrop",
+    "augment_cropped",
+    "choose_source",
+    "collate_crops",
+    "crop_box",
+    "crop_seed",
+    "decode_crops",
+    "default_workers",
+    "draft_scale",
+    "epoch_permutation",
+    "view_crops",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +197,6 @@ def decode_crops(data: bytes, crops: list, boxes_for, channels: int = 3) -> tupl
     return out, decoded
 
 
-_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, MemoryError, PixelError, DatasetError)
-
-
 class CropDataset(torch.utils.data.Dataset):
     """``dataset[(epoch, i)]`` -> ``(views, i, bad)``: sample ``i``'s crops (uint8 ``[C, h, w]``, one per
     entry of ``crops``), drawn from the stream keyed by ``(seed, epoch, i, view)``.
@@ -191,8 +204,8 @@ class CropDataset(torch.utils.data.Dataset):
     ``split``: a file-backed :class:`eval.datasets.ImageSplit` (read through ``split.read_bytes``);
     ``crops``: :class:`ViewCrop` per view, or ``(size, scale, ratio)`` tuples; ``rows``: the split row
     of each sample (a subset, repeated copies; default: every row once); ``channels``: 3 (grayscale
-    repeated) or 1 (colour to luma). ``bad`` lists the rows that could not be read and were replaced by
-    the next samples of ``rows``; ``views`` is None when :data:`MAX_REPLACEMENTS` in a row failed."""
+    repeated) or 1 (colour to luma). ``bad`` lists ``(row, reason)`` of the files that could not be read
+    and were replaced by the next samples of ``rows``; ``views`` is None when :data:`MAX_REPLACEMENTS` in a row failed."""
 
     def __init__(self, split: ImageSplit, crops: list, seed: int, rows=None, channels: int = 3):
         self.split = split
@@ -222,10 +235,9 @@ class CropDataset(torch.utils.data.Dataset):
             try:
                 views, _ = self.crops_of(epoch, i, row)
                 return views, int(i), bad
-            except _UNREADABLE:
-                bad.append(row)
-            except Exception:  # noqa: BLE001 -- any decoder failure on a bad file is the same case
-                bad.append(row)
+            except Exception as e:  # noqa: BLE001 -- PIL raises many types on bad bytes; the reason is logged
+                msg = (str(e).strip().splitlines() or [""])[0][:160]
+                bad.append((row, f"{type(e).__name__}: {msg}" if msg else type(e).__name__))
         return None, int(i), bad
 
 
@@ -324,12 +336,12 @@ class FileBatches:
 
     def _note_bad(self, rows: list) -> None:
         split = self.dataset.split
-        for r in rows:
+        for r, why in rows:
             if r in self.bad:
                 continue
             name = split.paths[r] if split.paths is not None else f"{split.name}/{split.split} image {r}"
             self.bad[r] = name
-            logger.warning(f"unreadable image {name} skipped (replaced by the next sample); "
+            logger.warning(f"unreadable image {name} ({why}) skipped, replaced by the next sample; "
                            f"{len(self.bad)} unreadable image(s) so far")
 
     def __iter__(self):
@@ -344,7 +356,7 @@ class FileBatches:
                 if bad:
                     self._note_bad(bad)
                 if views is None:
-                    first = self.bad.get(bad[0], bad[0]) if bad else "?"
+                    first = self.bad.get(bad[0][0], bad[0][0]) if bad else "?"
                     raise FileSourceError(f"{MAX_REPLACEMENTS} images in a row are unreadable, the first {first}; "
                                           f"check the data set (a truncated copy?) and --resume")
                 yield views, indices

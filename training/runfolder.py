@@ -139,8 +139,16 @@ class RunLock:
         self.release()
 
 
+#: recipe fields added after runs were written, with the value such a run had: a run saved before the
+#: field existed resumes with the default (data.source: issue 18, the file-backed training source)
+ADDED_LATER = (("data", "source", "auto"), ("data", "workers", None))
+
+
 def _strip(cfg: dict) -> dict:
     cfg = json.loads(json.dumps(cfg))
+    for sec, key, default in ADDED_LATER:
+        if isinstance(cfg.get(sec), dict):
+            cfg[sec].setdefault(key, default)
     for sec, key in RESUME_MAY_CHANGE:
         if isinstance(cfg.get(sec), dict):
             cfg[sec].pop(key, None)

@@ -181,7 +181,9 @@ class Trainer:
         """The distinct training images ``x`` (uint8 ``[N, C, H, W]``) and labels ``y``: the real set
         (restricted to ``data.subset``), then the ``data.extra`` images. ``data.repeat`` copies of the
         real set are virtual: :meth:`epoch_size` counts them and :meth:`source_index` maps a position
-        in the inflated epoch to its image."""
+        in the inflated epoch to its image. With ``data.source`` resolving to files
+        (:func:`training.filesource.choose_source`), ``x`` is the :class:`~training.filesource.CropDataset`
+        of :meth:`load_files` instead of a tensor."""
         d = self.cfg["data"]
         if d["source"] not in ("auto", "memory", "files"):
             raise ConfigError(f"data.source must be auto, memory or files, got {d['source']!r}")
