@@ -114,6 +114,25 @@ def test_crops_depend_only_on_seed_epoch_index_view(tree):
     assert len(boxes) == 18 and crop_box(7, 1, 2, 1, 300, 400, CROP) == crop_box(7, 1, 2, 1, 300, 400, CROP)
 
 
+@pytest.mark.parametrize("hw, scale, ratio", [((300, 400), (0.2, 1.0), (0.75, 4 / 3)),
+                                               ((375, 500), (0.08, 1.0), (0.75, 4 / 3)),
+                                               ((40, 400), (0.5, 1.0), (0.75, 4 / 3))])  # mostly the fallback
+def test_crop_box_draws_the_rule_of_sample_crop_boxes(hw, scale, ratio):
+    """The scalar per-view draw and the batched torch one are two codings of one rule: the same
+    distribution of box height, width and position (means within a few standard errors)."""
+    from training.augmentation import sample_crop_boxes
+
+    (H, W), n = hw, 4000
+    crop = ViewCrop((24, 24), scale, ratio)
+    ours = np.array([crop_box(3, 0, i, 0, H, W, crop) for i in range(n)], dtype=np.float64)
+    ref = np.stack([t.numpy() for t in sample_crop_boxes(n, H, W, scale, ratio, torch.Generator().manual_seed(0))], 1)
+    for col in range(4):  # top, left, h, w
+        a, b = ours[:, col], ref[:, col]
+        se = np.sqrt(a.var() / n + b.var() / n) + 1e-9
+        assert abs(a.mean() - b.mean()) < 5 * se, (col, a.mean(), b.mean())
+    assert (ours[:, 0] + ours[:, 2] <= H).all() and (ours[:, 1] + ours[:, 3] <= W).all() and (ours >= 0).all()
+
+
 def test_large_jpeg_is_decoded_at_reduced_size(tmp_path):
     h, w = 1500, 2000
     yy, xx = np.mgrid[0:h, 0:w]
