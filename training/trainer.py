@@ -38,6 +38,7 @@ from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
+from .compiled import CompiledForward, resolve_compile_mode
 from .config import ConfigError, check_trainable
 from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
@@ -162,6 +163,13 @@ class Trainer:
         self.opt = build_optimizer(cfg, self.model)
         # forward passes go through DDP under torchrun; hooks, state dicts and exports use the module
         self.ddp = wrap_ddp(self.model, self.device) if self.world > 1 else self.model
+        # train.compile: the step's forward (and its backward) through torch.compile; self.model stays the
+        # plain module, so checkpoints and exports keep their keys (training/compiled.py)
+        self.compile_mode = resolve_compile_mode(t.get("compile", "auto"), self.device)
+        self.forward = CompiledForward(self.ddp, self.compile_mode)
+        if self.forward.active and self.rank == 0:
+            logger.info(f"train.compile={t.get('compile', 'auto')}: the step is compiled with {self.compile_mode} "
+                        f"at the first step (a minute or more on a CPU)")
         self.view_augs, self.small_aug, self.n_small = build_view_augments(
             cfg, self.model.n_views, getattr(self.model, "multicrop", False))
         self.aug = self.view_augs[0]
@@ -483,22 +491,19 @@ class Trainer:
             start_hook(self.step, total, self.steps_per_epoch)
         xb = xb.to(self.device)
         views = self.views(xb)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
-            loss = self.ddp(views)
-        if self.world > 1:
-            # one small all-reduce before backward: the mean loss (logging), whether any rank's loss is
-            # non-finite (all stop together, none left waiting in backward), rank 0's checkpoint clock
-            flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float(),
-                                 torch.tensor(float(due and self.rank == 0), device=loss.device)])
-            torch.distributed.all_reduce(flags)
-            shown, bad, due = flags[0] / self.world, bool(flags[1] > 0), bool(flags[2] > 0)
-        else:
-            shown, bad = loss, not torch.isfinite(loss)
+        snap = self.forward.snapshot()  # None unless this is the first compiled step
+        try:
+            loss, shown, bad, due = self._loss_and_backward(views, due)
+        except Exception as e:  # noqa: BLE001 -- only a compiled first step is retried (eagerly); else re-raised
+            if snap is None:
+                raise
+            self.forward.fall_back(e, snap)
+            loss, shown, bad, due = self._loss_and_backward(views, due)
+        if snap is not None:
+            self.forward.confirm()
         if bad:
             raise TrainingError(f"loss is {shown.item()} at step {self.step} (epoch {epoch}); the last good checkpoint "
                                 f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
         if hasattr(self.model, "loss_terms"):
             self.model.loss_terms = {}  # the graph's terms are only needed by a diagnosis, which recomputes them
         params = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
@@ -535,6 +540,25 @@ class Trainer:
                 for k, v in getattr(self.model, "last_logs", {}).items():
                     self.tb.add_scalar(f"train/{k}", float(v), self.step)
         return due
+
+    def _loss_and_backward(self, views, due):
+        """Forward (compiled when ``train.compile`` says so) under autocast, then backward unless the
+        loss is non-finite: ``(loss, shown, bad, due)``."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["train"]["bf16"]):
+            loss = self.forward(views)
+        if self.world > 1:
+            # one small all-reduce before backward: the mean loss (logging), whether any rank's loss is
+            # non-finite (all stop together, none left waiting in backward), rank 0's checkpoint clock
+            flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float(),
+                                 torch.tensor(float(due and self.rank == 0), device=loss.device)])
+            torch.distributed.all_reduce(flags)
+            shown, bad, due = flags[0] / self.world, bool(flags[1] > 0), bool(flags[2] > 0)
+        else:
+            shown, bad = loss, not torch.isfinite(loss)
+        if not bad:
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        return loss, shown, bad, due
 
     def _gradient_cause(self, views, params, first: str) -> str:
         """Which loss term gives a non-finite gradient: the step's forward is run again (single process)
