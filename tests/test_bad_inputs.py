@@ -1092,3 +1092,16 @@ def convert_flax_without_resnet(tmp):
 @pytest.mark.parametrize("name", ["convert_flax_msgpack_as_pytorch", "convert_flax_without_resnet"])
 def test_bad_input_flax(name, tmp_path):
     test_bad_input(name, tmp_path)
+
+
+# ----------------------------------------------------------------------------- train.compile (issue 20)
+# Registered after test_bad_input's parametrisation was built: run through it here; CASES includes it.
+
+@case(r"train\.compile must be one of auto, none, inductor, aot_eager, got 'inducter'; did you mean 'inductor'\?$",
+      cmd="train")
+def train_compile_unknown_mode(tmp):
+    return _train(tmp, "train.compile=inducter")
+
+
+def test_bad_input_train_compile(tmp_path):
+    test_bad_input("train_compile_unknown_mode", tmp_path)
