@@ -2,7 +2,9 @@
 
 Data is held in memory as a uint8 tensor ``[N, C, H, W]`` and augmented as whole batches
 (:mod:`training.augmentation`), so both cores stay on the network. The step runs under bf16 autocast
-(CPU or CUDA) with fp32 losses, in ``channels_last``. Checkpoints are written atomically every few
+(CPU or CUDA) with fp32 losses, in ``channels_last``; ``train.compile`` runs its forward and backward
+through ``torch.compile`` (:mod:`training.compiled`: inductor on CUDA by default, eager on a CPU,
+falling back to eager when compilation fails). Checkpoints are written atomically every few
 minutes and at each epoch end with model, optimiser, step, and every RNG state, so ``--resume``
 continues where the run stopped. Progress: tqdm; logs: ``log.csv`` (step, epoch, loss, lr,
 images/s) and ``monitor.csv`` (online kNN accuracy on a split held out from *train*, never test).
