@@ -547,7 +547,7 @@ class Trainer:
         """Forward (compiled when ``train.compile`` says so) under autocast, then backward unless the
         loss is non-finite: ``(loss, shown, bad, due)``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["train"]["bf16"]):
-            loss = self.forward(views)
+            loss = (self.forward if self.forward.active else self.ddp)(views)  # eager: self.ddp as it is now
         if self.world > 1:
             # one small all-reduce before backward: the mean loss (logging), whether any rank's loss is
             # non-finite (all stop together, none left waiting in backward), rank 0's checkpoint clock
