@@ -19,9 +19,8 @@ Per width:
   ``1 / share`` on any speed-up that leaves those kernels as they are; with the step's FLOPs and the
   bf16 matmul peak (``benchmarks/hardware_peak.py``), the fraction of peak the convolutions reach.
 
-``--extras`` adds variants: eager fp32, eager bf16 without channels_last, eager bf16 with
-``torch.backends.mkldnn`` off, eager with fused SGD, inductor with
-``mode="max-autotune-no-cudagraphs"``, inductor with ``cpp_wrapper``.
+``--extras`` adds eager variants: fp32, bf16 without channels_last, bf16 with
+``torch.backends.mkldnn`` off, bf16 with fused SGD.
 
 ``--curve-steps N`` (default 200): loss curves of N steps of eager bf16, compiled bf16 and eager fp32
 (the fp32 curve measures what bf16 rounding alone does), same initial weights, the same batches
@@ -66,7 +65,7 @@ class Step(torch.nn.Module):
 
 class Variant:
     def __init__(self, name, width, compile_mode="none", bf16=True, channels_last=True, mkldnn=True,
-                 fused_sgd=False, inductor_options=None, compile_kwargs=None):
+                 fused_sgd=False):
         torch.manual_seed(0)
         self.name, self.bf16, self.channels_last, self.mkldnn = name, bf16, channels_last, mkldnn
         self.model = Step(width)
@@ -74,12 +73,7 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         kw = {"fused": True} if fused_sgd else {}
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.3, momentum=0.9, weight_decay=5e-4, **kw)
-        self.inductor_options = inductor_options or {}
-        if compile_kwargs:  # a torch.compile mode the trainer does not offer (max-autotune): direct
-            self.fwd = CompiledForward(self.model, "none")
-            self.fwd.compiled = torch.compile(self.model, dynamic=False, **compile_kwargs)
-        else:
-            self.fwd = CompiledForward(self.model, compile_mode)
+        self.fwd = CompiledForward(self.model, compile_mode)
         self.first_s = self.second_s = None
         self.losses: list[float] = []
 
@@ -87,8 +81,7 @@ class Variant:
         if not self.channels_last:
             x0, x1 = x0.contiguous(), x1.contiguous()
         ctx = torch.backends.mkldnn.flags(enabled=False) if not self.mkldnn else contextlib.nullcontext()
-        opts = torch._inductor.config.patch(self.inductor_options) if self.inductor_options else contextlib.nullcontext()
-        with ctx, opts:
+        with ctx:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 loss = self.fwd(x0, x1)
             self.opt.zero_grad(set_to_none=True)
@@ -110,10 +103,7 @@ def variants_for(width, extras):
         out += [("eager fp32", {"bf16": False}),
                 ("eager bf16, no channels_last", {"channels_last": False}),
                 ("eager bf16, mkldnn off", {"mkldnn": False}),
-                ("eager bf16, fused SGD", {"fused_sgd": True}),
-                ("inductor bf16, cpp_wrapper", {"compile_mode": "inductor", "inductor_options": {"cpp_wrapper": True}}),
-                ("inductor bf16, max-autotune-no-cudagraphs",
-                 {"compile_kwargs": {"mode": "max-autotune-no-cudagraphs"}})]
+                ("eager bf16, fused SGD", {"fused_sgd": True})]
     return [Variant(name, width, **kw) for name, kw in out]
 
 
