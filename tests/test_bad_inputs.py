@@ -1225,3 +1225,14 @@ def train_files_source_with_augment_version_1(tmp):
                                   "train_files_source_for_in_memory_data", "train_files_source_with_augment_version_1"])
 def test_bad_input_file_source(name, tmp_path):
     test_bad_input(name, tmp_path)
+# ----------------------------------------------------------------------------- train.compile (issue 20)
+# Registered after test_bad_input's parametrisation was built: run through it here; CASES includes it.
+
+@case(r"train\.compile must be one of auto, none, inductor, aot_eager, got 'inducter'; did you mean 'inductor'\?$",
+      cmd="train")
+def train_compile_unknown_mode(tmp):
+    return _train(tmp, "train.compile=inducter")
+
+
+def test_bad_input_train_compile(tmp_path):
+    test_bad_input("train_compile_unknown_mode", tmp_path)

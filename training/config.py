@@ -73,7 +73,10 @@ DEFAULTS: dict = {
               "max_steps": None, "stop_at_step": None, "tensorboard": True,
               # under torchrun: BatchNorm statistics over every rank's batch (torch.nn.SyncBatchNorm on GPUs,
               # training.distributed.GlooSyncBatchNorm on CPUs); ignored in a single process
-              "sync_bn": False},
+              "sync_bn": False,
+              # the step's execution (training/compiled.py): auto | none | inductor | aot_eager; auto = inductor
+              # on CUDA, eager on a CPU (measured not to pay there: benchmarks/train_step.py)
+              "compile": "auto"},
     "export": {"preprocess": {"resize": None, "crop": None, "mean": None, "std": None, "interpolation": "bilinear"},
                "description": ""},
 }
@@ -81,6 +84,20 @@ DEFAULTS: dict = {
 
 class ConfigError(SSLZooError, ValueError):
     """A recipe or override that cannot be used; one line saying what to change."""
+
+
+#: The values of ``train.compile`` (see :mod:`training.compiled`); ``null`` means ``none``.
+COMPILE_MODES = ("auto", "none", "inductor", "aot_eager")
+
+
+def check_compile_mode(value) -> str:
+    """The ``train.compile`` mode ``value`` names (``null``: ``none``); ConfigError naming the choices."""
+    if value is None:
+        return "none"
+    if not isinstance(value, str) or value not in COMPILE_MODES:
+        raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}"
+                          f"{did_you_mean(str(value), COMPILE_MODES, n=1, cutoff=0.5, quote=True, otherwise='')}")
+    return value
 
 
 def _closest_name(name, options) -> str:
@@ -134,6 +151,9 @@ def _merge(base: dict, new: dict, where: str = "") -> dict:
 
 def _check_type(path: str, default, value):
     """Reject values whose type cannot be what the default's type means (``optim.lr=abc``)."""
+    if path == "train.compile":  # a choice: the message names the choices whatever the type
+        check_compile_mode(value)
+        return value
     if value is None or default is None:
         return value
     if isinstance(default, bool):
@@ -295,6 +315,7 @@ def load_recipe(recipe: str | dict, overrides: list[str] | None = None) -> dict:
     cfg = _merge(cfg, raw)
     for layer in layers:
         cfg = _merge(cfg, layer)
+    check_compile_mode(cfg["train"]["compile"])
     return cfg
 
 

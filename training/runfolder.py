@@ -30,8 +30,8 @@ RUN_FILES = ("checkpoint.pt", "config.yaml", "log.csv", "monitor.csv", "export",
 LOCK_NAME = "train.lock"
 #: recipe fields a resumed run may change: how it is stopped, logged, checkpointed and where data is read from
 RESUME_MAY_CHANGE = (("train", "stop_at_step"), ("train", "threads"), ("train", "checkpoint_minutes"),
-                     ("train", "log_every"), ("train", "tensorboard"), ("data", "root"), ("data", "download"),
-                     ("data", "workers"))
+                     ("train", "log_every"), ("train", "tensorboard"), ("train", "compile"), ("data", "root"),
+                     ("data", "download"), ("data", "workers"))
 
 
 class RunFolderError(SSLZooError, ValueError):

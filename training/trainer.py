@@ -3,8 +3,10 @@
 Data is held in memory as a uint8 tensor ``[N, C, H, W]`` and augmented as whole batches
 (:mod:`training.augmentation`), so both cores stay on the network; or, for file-backed data sets too
 large for that or of mixed image sizes (``data.source``), read from the files by DataLoader workers
-that decode and crop each view (:mod:`training.filesource`), the rest of the augmentation batched here. The step runs under bf16 autocast
-(CPU or CUDA) with fp32 losses, in ``channels_last``. Checkpoints are written atomically every few
+that decode and crop each view (:mod:`training.filesource`), the rest of the augmentation batched here.
+The step runs under bf16 autocast (CPU or CUDA) with fp32 losses, in ``channels_last``; ``train.compile``
+runs its forward and backward through ``torch.compile`` (:mod:`training.compiled`: inductor on CUDA by
+default, eager on a CPU, falling back to eager when compilation fails). Checkpoints are written atomically every few
 minutes and at each epoch end with model, optimiser, step, and every RNG state, so ``--resume``
 continues where the run stopped. Progress: tqdm; logs: ``log.csv`` (step, epoch, loss, lr,
 images/s) and ``monitor.csv`` (online kNN accuracy on a split held out from *train*, never test).
@@ -40,6 +42,7 @@ from zoo.io import atomic_write_bytes, atomic_write_text, save_folder
 from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
+from .compiled import CompiledForward, resolve_compile_mode
 from .config import ConfigError, check_trainable
 from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .filesource import (CropDataset, FileBatches, ResizedImages, augment_cropped, choose_source, default_workers,
@@ -166,6 +169,13 @@ class Trainer:
         self.opt = build_optimizer(cfg, self.model)
         # forward passes go through DDP under torchrun; hooks, state dicts and exports use the module
         self.ddp = wrap_ddp(self.model, self.device) if self.world > 1 else self.model
+        # train.compile: the step's forward (and its backward) through torch.compile; self.model stays the
+        # plain module, so checkpoints and exports keep their keys (training/compiled.py)
+        self.compile_mode = resolve_compile_mode(t.get("compile", "auto"), self.device)
+        self.forward = CompiledForward(self.ddp, self.compile_mode)
+        if self.forward.active and self.rank == 0:
+            logger.info(f"train.compile={t.get('compile', 'auto')}: the step is compiled with {self.compile_mode} "
+                        f"at the first step (a minute or more on a CPU)")
         self.view_augs, self.small_aug, self.n_small = build_view_augments(
             cfg, self.model.n_views, getattr(self.model, "multicrop", False))
         self.aug = self.view_augs[0]
@@ -604,22 +614,19 @@ class Trainer:
         else:
             xb = xb.to(self.device)
             views = self.views(xb)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t["bf16"]):
-            loss = self.ddp(views)
-        if self.world > 1:
-            # one small all-reduce before backward: the mean loss (logging), whether any rank's loss is
-            # non-finite (all stop together, none left waiting in backward), rank 0's checkpoint clock
-            flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float(),
-                                 torch.tensor(float(due and self.rank == 0), device=loss.device)])
-            torch.distributed.all_reduce(flags)
-            shown, bad, due = flags[0] / self.world, bool(flags[1] > 0), bool(flags[2] > 0)
-        else:
-            shown, bad = loss, not torch.isfinite(loss)
+        snap = self.forward.snapshot()  # None unless this is the first compiled step
+        try:
+            loss, shown, bad, due = self._loss_and_backward(views, due)
+        except Exception as e:  # noqa: BLE001 -- only a compiled first step is retried (eagerly); else re-raised
+            if snap is None:
+                raise
+            self.forward.fall_back(e, snap)
+            loss, shown, bad, due = self._loss_and_backward(views, due)
+        if snap is not None:
+            self.forward.confirm()
         if bad:
             raise TrainingError(f"loss is {shown.item()} at step {self.step} (epoch {epoch}); the last good checkpoint "
                                 f"is kept in {ckpt}; lower optim.lr or raise method.temperature, then --resume")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
         if hasattr(self.model, "loss_terms"):
             self.model.loss_terms = {}  # the graph's terms are only needed by a diagnosis, which recomputes them
         params = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
@@ -656,6 +663,25 @@ class Trainer:
                 for k, v in getattr(self.model, "last_logs", {}).items():
                     self.tb.add_scalar(f"train/{k}", float(v), self.step)
         return due
+
+    def _loss_and_backward(self, views, due):
+        """Forward (compiled when ``train.compile`` says so) under autocast, then backward unless the
+        loss is non-finite: ``(loss, shown, bad, due)``."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["train"]["bf16"]):
+            loss = (self.forward if self.forward.active else self.ddp)(views)  # eager: self.ddp as it is now
+        if self.world > 1:
+            # one small all-reduce before backward: the mean loss (logging), whether any rank's loss is
+            # non-finite (all stop together, none left waiting in backward), rank 0's checkpoint clock
+            flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float(),
+                                 torch.tensor(float(due and self.rank == 0), device=loss.device)])
+            torch.distributed.all_reduce(flags)
+            shown, bad, due = flags[0] / self.world, bool(flags[1] > 0), bool(flags[2] > 0)
+        else:
+            shown, bad = loss, not torch.isfinite(loss)
+        if not bad:
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        return loss, shown, bad, due
 
     def _gradient_cause(self, views, params, first: str) -> str:
         """Which loss term gives a non-finite gradient: the step's forward is run again (single process)
