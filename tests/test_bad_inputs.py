@@ -1092,3 +1092,17 @@ def convert_flax_without_resnet(tmp):
 @pytest.mark.parametrize("name", ["convert_flax_msgpack_as_pytorch", "convert_flax_without_resnet"])
 def test_bad_input_flax(name, tmp_path):
     test_bad_input(name, tmp_path)
+
+
+# ----------------------------------------------------------------------------- issue 20: `sslzoo convert --format`
+# The convert parser is built without importing zoo.convert (and torch), so an unknown --format is refused by
+# zoo.convert.convert itself -- one line naming the formats -- instead of by argparse's choices.
+
+@case(r"unknown format 'caffe'; choose one of dissl-torchhub, .*flax-msgpack", cmd="convert")
+def convert_unknown_format(tmp):
+    (tmp / "a.ckpt").write_bytes(b"x")
+    return ["newnet", "--format", "caffe", "--checkpoint", str(tmp / "a.ckpt"), "--out", str(tmp / "out" / "zoo")]
+
+
+def test_bad_input_convert_unknown_format(tmp_path):
+    test_bad_input("convert_unknown_format", tmp_path)
