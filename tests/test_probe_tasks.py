@@ -82,3 +82,33 @@ def test_probe_workers_follows_threads():
         assert probe_workers(10) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_select_groups_cover_the_grid_in_order():
+    assert probes.select_groups(8) == [(0, 4), (4, 8)]
+    assert probes.select_groups(3) == [(0, 2), (2, 3)] or probes.select_groups(3) == [(0, 1), (1, 3)]
+    assert probes.select_groups(1) == [(0, 1)]
+    for n in range(1, 12):
+        g = probes.select_groups(n)
+        assert g[0][0] == 0 and g[-1][1] == n and all(a[1] == b[0] for a, b in zip(g, g[1:]))
+
+
+def test_grouped_selection_same_bits_at_one_and_two_threads():
+    """select_l2 solves its grid as fixed groups on parallel workers: weights and accuracies do not depend
+    on how many threads the caller has."""
+    x, y, _, _ = _data(1)
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            best, accs, (W, b, _, _) = probes.select_l2(x[:300], y[:300], x[300:], y[300:], 5,
+                                                        [1e-4, 1e-2, 1.0, 10.0], 80)
+            out[th] = (best, accs, W.clone(), b.clone())
+            assert torch.get_num_threads() == th
+    finally:
+        torch.set_num_threads(before)
+    assert out[1][:2] == out[2][:2]
+    assert torch.equal(out[1][2], out[2][2]) and torch.equal(out[1][3], out[2][3])
+    assert solver.thread_budget() == torch.get_num_threads()
