@@ -38,17 +38,20 @@ then refitted alone (``tol=1e-6``, ``max_iter``).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .solver import fit_logreg_batch, fit_logreg_spectral, single_threaded, stacked_predict
+from .solver import fit_logreg_batch, fit_logreg_spectral, run_parallel, single_threaded, stacked_predict
 from .stats import mean_std
 
 __all__ = [
     "DEFAULT_L2_GRID",
     "ONE_SHOT_L2",
     "SELECT_MAX_ITER",
+    "SELECT_GROUPS",
     "SELECT_TOL",
     "LinearProbe",
     "cv_fold_predictions",
@@ -60,6 +63,7 @@ __all__ = [
     "fit_logreg",
     "knn_probe",
     "linear_probe",
+    "select_groups",
     "select_l2",
     "standardiser",
     "stratified_split",
@@ -266,6 +270,20 @@ def stratified_split(y, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.
     return np.flatnonzero(mask), val_idx
 
 
+#: The selection's grid is solved as this many contiguous groups of candidates, each a stacked problem,
+#: run side by side when threads are free (:func:`eval.solver.run_parallel`). The grouping is fixed --
+#: it does not follow the thread count --, so the selected ``l2`` and every weight are the same bits at
+#: one thread and at two; only the wall time changes.
+SELECT_GROUPS: int = 2
+
+
+def select_groups(n: int, groups: int = SELECT_GROUPS) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds of ``groups`` contiguous, nearly equal groups of ``n`` candidates."""
+    k = max(1, min(int(groups), n))
+    edges = [round(i * n / k) for i in range(k + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(k) if edges[i + 1] > edges[i]]
+
+
 @single_threaded
 def select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter, spectral=True):
     """Validation accuracy of every ``l2`` in ``grid``; best index (ties -> larger l2) and the accuracies.
@@ -276,7 +294,14 @@ def select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter, spectral=
     """
     mean, std = standardiser(fit_x)
     fit = fit_logreg_spectral if spectral else fit_logreg_batch
-    W, b = fit((fit_x - mean) / std, fit_y, num_classes, grid, tol=SELECT_TOL, max_iter=min(max_iter, SELECT_MAX_ITER))
+    xs = (fit_x - mean) / std
+    groups = select_groups(len(grid))
+
+    def solve(lo, hi):
+        return fit(xs, fit_y, num_classes, grid[lo:hi], tol=SELECT_TOL, max_iter=min(max_iter, SELECT_MAX_ITER))
+
+    parts = run_parallel([functools.partial(solve, lo, hi) for lo, hi in groups])
+    W, b = torch.cat([w for w, _ in parts]), torch.cat([c for _, c in parts])
     pred = stacked_predict((val_x - mean) / std, W, b)
     accs = [_accuracy(pred[:, i], val_y) for i in range(len(grid))]
     best = max(range(len(grid)), key=lambda i: (accs[i], grid[i]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,13 @@ from .datasets import DatasetError, load_split
 from .features import Pixels, cache_key, extract, model_fingerprint
 from .probes import fewshot_probe, knn_probe, linear_probe
 from .protocols import PROTOCOLS
+from .solver import one_thread
 from .store import Result, ResultStore, aggregate, code_version
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PROBES", "cli_probes", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
-           "evaluate", "check_inputs", "model_label", "dataset_label", "data_fingerprint"]
+           "evaluate", "check_inputs", "probe_workers", "run_tasks", "model_label", "dataset_label", "data_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,34 +168,76 @@ def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict, n_tra
     return jobs
 
 
-def _run_jobs(jobs: list[Result], tr, te, desc: str = "probes") -> None:
-    """Fill in the accuracy (percent) and extras of ``jobs`` from features ``tr``, ``te``; a progress
-    bar counts the probe fits (each linear / kNN job, each few-shot k over its seeds)."""
+def probe_workers(n_tasks: int | None = None) -> int:
+    """How many probe tasks run at once: the caller's ``torch.get_num_threads()`` (capped by the number of
+    tasks). Each task runs on its own thread with one intra-op thread, so a task's arithmetic is the same
+    sequence of operations whatever this number is and its result is bit-identical at any thread count
+    (see :func:`eval.solver.one_thread`); only the wall time changes."""
+    n = max(1, torch.get_num_threads())
+    return n if n_tasks is None else max(1, min(n, int(n_tasks)))
+
+
+def _probe_tasks(jobs: list[Result], tr, te) -> list[tuple[float, callable]]:
+    """``jobs`` as independent tasks ``(cost, fn)``: the linear probe, each kNN setting, each few-shot
+    (k, seed) draw (a draw depends on k and its seed only). ``cost`` is a rough relative work estimate
+    (for the order and the progress bar), never part of a result."""
     (trx, try_), (tex, tey) = tr, te
     labelled = try_ >= 0
     trx, try_ = trx[labelled], try_[labelled]
-    n_fewshot = len({j.params["shots"] for j in jobs if j.probe == "fewshot"})
-    bar = tqdm(total=sum(j.probe != "fewshot" for j in jobs) + n_fewshot, desc=desc, unit="probe",
-               dynamic_ncols=True, leave=False)
+    n, d = int(trx.shape[0]), int(trx.shape[1]) if trx.ndim == 2 else 1
+    tasks = []
     for j in jobs:
         if j.probe == "linear":
-            r = linear_probe(trx, try_, tex, tey, seed=j.seed, val_fraction=j.params["val_fraction"])
-            j.accuracy, j.extra = 100 * r["accuracy"], {"l2": r["l2"], "val_accuracy": r["val_accuracy"]}
+            def fn(j=j):
+                r = linear_probe(trx, try_, tex, tey, seed=j.seed, val_fraction=j.params["val_fraction"])
+                j.accuracy, j.extra = 100 * r["accuracy"], {"l2": r["l2"], "val_accuracy": r["val_accuracy"]}
+            tasks.append((40.0 * n * d / 6e7 + 1.0, fn))
         elif j.probe == "knn":
-            r = knn_probe(trx, try_, tex, tey, k=j.params["k"], temperature=j.params["T"])
-            j.accuracy = 100 * r["accuracy"]
-        bar.update(int(j.probe != "fewshot"))
-    by_k: dict = {}
-    for j in jobs:
-        if j.probe == "fewshot":
-            by_k.setdefault(j.params["shots"], []).append(j)
-    for k, js in by_k.items():  # each (k, seed) draw depends on k and the seed only
-        (r,) = fewshot_probe(trx, try_, tex, tey, shots=[k], seeds=[j.seed for j in js])
-        l2s = r.get("per_seed_l2") or [None] * len(js)
-        for j, acc, l2 in zip(js, r["per_seed"], l2s):
-            j.accuracy, j.extra = 100 * acc, {"l2": l2}
-        bar.update(1)
-    bar.close()
+            def fn(j=j):
+                r = knn_probe(trx, try_, tex, tey, k=j.params["k"], temperature=j.params["T"])
+                j.accuracy = 100 * r["accuracy"]
+            tasks.append((5.0 * n * int(tex.shape[0]) * d / 6e11 + 0.1, fn))
+        elif j.probe == "fewshot":
+            def fn(j=j):
+                (r,) = fewshot_probe(trx, try_, tex, tey, shots=[j.params["shots"]], seeds=[j.seed])
+                l2s = r.get("per_seed_l2") or [None]
+                j.accuracy, j.extra = 100 * r["per_seed"][0], {"l2": l2s[0]}
+            tasks.append((0.3 + j.params["shots"] / 100.0 * d / 1024, fn))
+    return tasks
+
+
+def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers: int | None = None) -> None:
+    """Run independent probe tasks ``(cost, fn)``, costliest first, on ``workers`` threads (default
+    :func:`probe_workers`), each thread with one intra-op thread; the progress bar advances by each
+    finished task's cost and shows the time left. The caller's thread count is restored afterwards."""
+    if not tasks:
+        return
+    order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
+    workers = probe_workers(len(tasks)) if workers is None else max(1, int(workers))
+    n_threads = torch.get_num_threads()
+    bar = tqdm(total=round(sum(c for c, _ in tasks), 2), desc=desc, unit="work", dynamic_ncols=True, leave=False,
+               bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
+    try:
+        if workers == 1:
+            with one_thread():
+                for i in order:
+                    tasks[i][1]()
+                    bar.update(tasks[i][0])
+            return
+        with ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {pool.submit(tasks[i][1]): tasks[i][0] for i in order}
+            for fut in as_completed(futures):
+                fut.result()  # re-raises a task's error here
+                bar.update(futures[fut])
+    finally:
+        torch.set_num_threads(n_threads)  # the BLAS thread count may be shared with the workers'
+        bar.close()
+
+
+def _run_jobs(jobs: list[Result], tr, te, desc: str = "probes") -> None:
+    """Fill in the accuracy (percent) and extras of ``jobs`` from features ``tr``, ``te``, the probes
+    run as parallel single-threaded tasks (:func:`run_tasks`)."""
+    run_tasks(_probe_tasks(jobs, tr, te), desc=desc)
 
 
 def _run_store_jobs(jobs: list[Result], tr, te) -> None:
@@ -334,6 +378,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
         store = ResultStore()
     try:
         results, reused, computed = [], 0, 0
+        pending = []  # (jobs to compute, their previous results, their probe tasks), per model
         for name, m in candidates:
             sha = "pixels" if isinstance(m, Pixels) else model_fingerprint(m)
             common = {"precision": precision, "preprocess": m.preprocess.to_dict()}
@@ -361,13 +406,18 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
                              workers=workers)
                 _finite(tr[0], name, "train")
                 _finite(te[0], name, "test")
-                _run_jobs(todo, tr, te, desc=f"{name}: probes")
-                _warn_changed(todo, previous)
-                if save:
-                    store.put(todo, replace=True)
+                pending.append((todo, previous, _probe_tasks(todo, tr, te)))
             results += [stored.get(j.key, j) for j in jobs]
             reused += len(jobs) - len(todo)
             computed += len(todo)
+        # Every model's features first (extraction uses all threads), then all their probes as one pool of
+        # single-threaded tasks: the cores stay busy to the end and each number is the same at any thread count.
+        if pending:
+            run_tasks([t for _, _, ts in pending for t in ts], desc=f"probes ({len(pending)} model(s))")
+            for todo, previous, _ in pending:
+                _warn_changed(todo, previous)
+                if save:
+                    store.put(todo, replace=True)
     finally:
         if own_store:
             store.close()

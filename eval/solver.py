@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,8 @@ __all__ = [
     "one_thread",
     "single_threaded",
     "precond_kappa",
+    "run_parallel",
+    "thread_budget",
     "stacked_predict",
 ]
 
@@ -69,14 +73,47 @@ def one_thread():
     accuracies (``tests/test_probes.py::test_probes_bit_identical_at_1_and_2_threads``). Feature
     extraction, which dominates an evaluation's time, keeps every thread. Nested use is cheap."""
     n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    outer = getattr(_budget, "threads", None)
+    if outer is None:
+        _budget.threads = n  # the outermost caller's thread count: what thread_budget() may hand out
     try:
-        yield
+        if n == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
     finally:
-        torch.set_num_threads(n)
+        _budget.threads = outer
+
+
+_budget = threading.local()
+
+
+def thread_budget() -> int:
+    """Threads this thread may use for independent single-threaded tasks: the thread count of the caller
+    that entered the outermost :func:`one_thread` (``torch.get_num_threads()`` outside one). Inside a
+    worker of :func:`run_parallel` (or of ``eval.run.run_tasks``) it is 1, so nested tasks run in turn."""
+    return max(1, getattr(_budget, "threads", None) or torch.get_num_threads())
+
+
+def run_parallel(fns, workers: int | None = None) -> list:
+    """``[fn() for fn in fns]``, the calls spread over ``workers`` threads (default :func:`thread_budget`),
+    each with one intra-op thread. The decomposition into ``fns`` is the caller's and fixed, and every call
+    computes on one thread, so the results are the same bits whatever ``workers`` is."""
+    fns = list(fns)
+    workers = min(len(fns), thread_budget() if workers is None else int(workers))
+    if workers <= 1:
+        with one_thread():
+            return [fn() for fn in fns]
+    n = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return [f.result() for f in [pool.submit(fn) for fn in fns]]
+    finally:
+        torch.set_num_threads(n)  # the BLAS thread count may be shared with the workers'
 
 
 def single_threaded(fn):

@@ -1236,3 +1236,15 @@ def train_compile_unknown_mode(tmp):
 
 def test_bad_input_train_compile(tmp_path):
     test_bad_input("train_compile_unknown_mode", tmp_path)
+# ----------------------------------------------------------------------------- issue 20: `sslzoo convert --format`
+# The convert parser is built without importing zoo.convert (and torch), so an unknown --format is refused by
+# zoo.convert.convert itself -- one line naming the formats -- instead of by argparse's choices.
+
+@case(r"unknown format 'caffe'; choose one of dissl-torchhub, .*flax-msgpack", cmd="convert")
+def convert_unknown_format(tmp):
+    (tmp / "a.ckpt").write_bytes(b"x")
+    return ["newnet", "--format", "caffe", "--checkpoint", str(tmp / "a.ckpt"), "--out", str(tmp / "out" / "zoo")]
+
+
+def test_bad_input_convert_unknown_format(tmp_path):
+    test_bad_input("convert_unknown_format", tmp_path)

@@ -15,7 +15,21 @@ from zoo.base import parse_int_list
 from zoo.cli import add_parsers as add_zoo
 from zoo.cli import run_cli
 
-from . import finetune  # noqa: F401  (registers the finetune protocol with eval)
+from eval.protocols import TrainedProtocol, register_protocol
+
+from . import finetune_protocol as ft
+
+
+def evaluate_finetune(*args, **kwargs):
+    """:func:`training.finetune.evaluate_finetune`, imported when a fine-tuning really runs (it needs torch;
+    ``sslzoo --help`` does not)."""
+    from .finetune import evaluate_finetune as run
+
+    return run(*args, **kwargs)
+
+
+register_protocol(TrainedProtocol(name="finetune", add_arguments=ft.eval_arguments, prepare=ft.eval_prepare,
+                                  evaluate=evaluate_finetune, note=ft.PROTOCOL_NOTE))
 
 
 def add_train_parser(sub) -> None:
@@ -34,7 +48,7 @@ def add_train_parser(sub) -> None:
 
 
 def add_finetune_parser(sub) -> None:
-    from .finetune import BATCH_SIZE, EPOCHS, VAL_FRACTION
+    from .finetune_protocol import BATCH_SIZE, EPOCHS, VAL_FRACTION
 
     p = sub.add_parser("finetune", help="fine-tune an encoder end to end with a linear head on a fraction of the "
                                         "labels; results saved with the probes")
@@ -63,7 +77,7 @@ def add_finetune_parser(sub) -> None:
 def run_finetune(args) -> int:
     from eval.tables import make_table, render, render_summary, table_out_paths, write_table
 
-    from .finetune import PROTOCOL_NOTE, evaluate_finetune, parse_fractions, parse_lrs
+    from .finetune_protocol import PROTOCOL_NOTE, parse_fractions, parse_lrs
 
     outs = table_out_paths(args.out, args.overwrite) if args.out else []
     info: dict = {}

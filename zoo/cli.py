@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import logging
 import os
 import sys
 
 from .base import SSLZooError, UsageError, error_line
-from .registry import REGISTRY, get_record
 
 PACKAGE_LOGGERS = ("zoo", "eval", "training")
 
@@ -132,12 +132,50 @@ def check_device(device: str) -> None:
 
 def add_parsers(sub) -> None:
     """``list``, ``info``, ``convert``, ``publish``."""
-    from .convert import add_parser as add_convert
-    from .publish import add_parser as add_publish
-
     add_zoo_parsers(sub)
-    add_convert(sub)
-    add_publish(sub)
+    add_convert_parser(sub)
+    add_publish_parser(sub)
+
+
+def lazy_command(module: str, name: str):
+    """A sub-command's ``func`` that imports ``module`` (and with it torch) only when the command runs, so
+    that building the parser -- ``sslzoo --help``, ``sslzoo eval --help`` -- imports no heavy library."""
+    def run(args):
+        return getattr(importlib.import_module(module), name)(args)
+
+    run.__name__ = name
+    return run
+
+
+def add_convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="upstream checkpoint -> zoo folder (model.safetensors + config.json + card)")
+    p.add_argument("name", help="registry name, or a new name together with --format")
+    p.add_argument("--checkpoint", required=True, help="upstream checkpoint: a file path or an http(s) URL")
+    p.add_argument("--out", required=True, help="output folder: model.safetensors, config.json, README.md "
+                                                "(heads.safetensors) are written into it; nothing else there is touched")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace those files when --out already holds them (refused otherwise)")
+    p.add_argument("--format", dest="fmt", default=None,
+                   help="checkpoint format (default: the registry record's; `sslzoo convert` names the formats "
+                        "when this one is unknown)")
+    p.add_argument("--preprocess", default=None, help="JSON (or JSON file): resize, crop, mean, std[, interpolation]")
+    p.add_argument("--arch", default=None, help="JSON: build_resnet keyword arguments (default: registry / inferred)")
+    p.add_argument("--sha256", default=None, help="refuse the checkpoint unless its sha256 is this")
+    p.set_defaults(func=lazy_command("zoo.convert", "run_convert"))
+
+
+def add_publish_parser(sub) -> None:
+    p = sub.add_parser("publish", help="upload a zoo folder as an HF model repo; prints the commit to pin")
+    p.add_argument("folder", help="zoo folder (model.safetensors + config.json [+ heads.safetensors, README.md])")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME on the HF Hub (or HF_ENDPOINT)")
+    p.add_argument("--local-git", default=None, metavar="PATH",
+                   help="instead of uploading, commit the repo to this local git repository (branch main), "
+                        "e.g. MIRRORS/models/ORG/NAME for a mirror server")
+    p.add_argument("--revision-out", default=None, metavar="FILE", help="also write the pin (repo, commit, sha256) "
+                                                                        "to FILE as JSON")
+    p.add_argument("--private", action="store_true", help="create the HF repo as private")
+    p.add_argument("--message", default=None, help="commit message")
+    p.set_defaults(func=lazy_command("zoo.publish", "run_publish"))
 
 
 def add_zoo_parsers(sub) -> None:
@@ -150,6 +188,8 @@ def add_zoo_parsers(sub) -> None:
 
 
 def run_list(args) -> int:
+    from .registry import REGISTRY
+
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in sorted(REGISTRY.values(), key=lambda r: r.name)], indent=1))
     else:
@@ -162,6 +202,7 @@ def run_list(args) -> int:
 def run_info(args) -> int:
     from .cards import card_path
     from .hub import BUNDLED_DIR
+    from .registry import get_record
 
     r = get_record(args.name)
     print(json.dumps(r.to_dict(), indent=1))

@@ -588,20 +588,7 @@ def convert(name: str, checkpoint: str | Path, out: str | Path, fmt: str | None 
 
 # ----------------------------------------------------------------------------- CLI
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="upstream checkpoint -> zoo folder (model.safetensors + config.json + card)")
-    p.add_argument("name", help="registry name, or a new name together with --format")
-    p.add_argument("--checkpoint", required=True, help="upstream checkpoint: a file path or an http(s) URL")
-    p.add_argument("--out", required=True, help="output folder: model.safetensors, config.json, README.md "
-                                                "(heads.safetensors) are written into it; nothing else there is touched")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace those files when --out already holds them (refused otherwise)")
-    p.add_argument("--format", dest="fmt", choices=sorted(FORMATS), default=None,
-                   help="checkpoint format (default: the registry record's)")
-    p.add_argument("--preprocess", default=None, help="JSON (or JSON file): resize, crop, mean, std[, interpolation]")
-    p.add_argument("--arch", default=None, help="JSON: build_resnet keyword arguments (default: registry / inferred)")
-    p.add_argument("--sha256", default=None, help="refuse the checkpoint unless its sha256 is this")
-    p.set_defaults(func=run_convert)
+# the parser: zoo.cli.add_convert_parser
 
 
 def run_convert(args) -> int:

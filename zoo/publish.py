@@ -175,18 +175,7 @@ def publish(folder: str | Path, repo_id: str, *, local_git: str | Path | None = 
     return pin
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("publish", help="upload a zoo folder as an HF model repo; prints the commit to pin")
-    p.add_argument("folder", help="zoo folder (model.safetensors + config.json [+ heads.safetensors, README.md])")
-    p.add_argument("--repo-id", required=True, help="ORG/NAME on the HF Hub (or HF_ENDPOINT)")
-    p.add_argument("--local-git", default=None, metavar="PATH",
-                   help="instead of uploading, commit the repo to this local git repository (branch main), "
-                        "e.g. MIRRORS/models/ORG/NAME for a mirror server")
-    p.add_argument("--revision-out", default=None, metavar="FILE", help="also write the pin (repo, commit, sha256) "
-                                                                        "to FILE as JSON")
-    p.add_argument("--private", action="store_true", help="create the HF repo as private")
-    p.add_argument("--message", default=None, help="commit message")
-    p.set_defaults(func=run_publish)
+# the parser: zoo.cli.add_publish_parser
 
 
 def run_publish(args) -> int:

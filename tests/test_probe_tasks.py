@@ -1,0 +1,114 @@
+"""eval.run.run_tasks: probe tasks on parallel single-threaded workers give the bits of the sequential run."""
+import numpy as np
+import pytest
+import torch
+
+from eval import probes, solver
+from eval.run import probe_workers, run_tasks
+
+
+def _data(seed=0, n=400, d=24, c=5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(c, d)) * 1.5
+    y = np.arange(n) % c
+    x = (centres[y] + rng.normal(size=(n, d))).astype(np.float32)
+    yt = np.arange(200) % c
+    xt = (centres[yt] + rng.normal(size=(200, d))).astype(np.float32)
+    return x, y, xt, yt
+
+
+def _tasks(out):
+    x, y, xt, yt = _data()
+    grid = [1e-3, 1e-1, 10.0]
+
+    def lin():
+        out["lin"] = probes.linear_probe(x, y, xt, yt, l2_grid=grid, max_iter=60)
+
+    def few(seed):
+        out[f"few{seed}"] = probes.fewshot_probe(x, y, xt, yt, shots=[5], seeds=[seed], l2_grid=grid, max_iter=60)
+
+    def knn():
+        out["knn"] = probes.knn_probe(x, y, xt, yt, k=20, chunk=64)
+
+    def weights():
+        W, b = solver.fit_logreg_spectral(torch.as_tensor(x), torch.as_tensor(y), 5, [1e-2, 1.0], tol=1e-6,
+                                          max_iter=40)
+        out["W"] = (W.clone(), b.clone())
+
+    return [(3.0, lin), (1.0, lambda: few(0)), (1.0, lambda: few(1)), (0.5, knn), (2.0, weights)]
+
+
+def test_parallel_tasks_bit_identical_to_sequential():
+    before = torch.get_num_threads()
+    runs = {}
+    try:
+        for threads, workers in ((1, 1), (2, 2), (2, None)):
+            torch.set_num_threads(threads)
+            out = {}
+            run_tasks(_tasks(out), workers=workers)
+            assert torch.get_num_threads() == threads  # restored
+            runs[(threads, workers)] = out
+    finally:
+        torch.set_num_threads(before)
+    ref = runs[(1, 1)]
+    for key, out in runs.items():
+        assert set(out) == set(ref)
+        for name in ref:
+            if name == "W":
+                assert torch.equal(out["W"][0], ref["W"][0]) and torch.equal(out["W"][1], ref["W"][1]), key
+            else:
+                assert repr(out[name]) == repr(ref[name]), (key, name)  # repr: NaN std of one seed
+
+
+def test_task_error_propagates_and_threads_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def bad():
+            raise ValueError("broken task")
+        with pytest.raises(ValueError, match="broken task"):
+            run_tasks([(1.0, lambda: None), (2.0, bad)], workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_probe_workers_follows_threads():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert probe_workers() == 2 and probe_workers(1) == 1
+        torch.set_num_threads(1)
+        assert probe_workers(10) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_select_groups_cover_the_grid_in_order():
+    assert probes.select_groups(8) == [(0, 4), (4, 8)]
+    assert probes.select_groups(3) == [(0, 2), (2, 3)] or probes.select_groups(3) == [(0, 1), (1, 3)]
+    assert probes.select_groups(1) == [(0, 1)]
+    for n in range(1, 12):
+        g = probes.select_groups(n)
+        assert g[0][0] == 0 and g[-1][1] == n and all(a[1] == b[0] for a, b in zip(g, g[1:]))
+
+
+def test_grouped_selection_same_bits_at_one_and_two_threads():
+    """select_l2 solves its grid as fixed groups on parallel workers: weights and accuracies do not depend
+    on how many threads the caller has."""
+    x, y, _, _ = _data(1)
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            best, accs, (W, b, _, _) = probes.select_l2(x[:300], y[:300], x[300:], y[300:], 5,
+                                                        [1e-4, 1e-2, 1.0, 10.0], 80)
+            out[th] = (best, accs, W.clone(), b.clone())
+            assert torch.get_num_threads() == th
+    finally:
+        torch.set_num_threads(before)
+    assert out[1][:2] == out[2][:2]
+    assert torch.equal(out[1][2], out[2][2]) and torch.equal(out[1][3], out[2][3])
+    assert solver.thread_budget() == torch.get_num_threads()
