@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import re
 from pathlib import Path
 
