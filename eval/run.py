@@ -215,7 +215,7 @@ def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
     workers = probe_workers(len(tasks)) if workers is None else max(1, int(workers))
     n_threads = torch.get_num_threads()
-    bar = tqdm(total=round(sum(c for c, _ in tasks), 2), desc=desc, unit="work", dynamic_ncols=True, leave=False,
+    bar = tqdm(total=sum(c for c, _ in tasks), desc=desc, unit="work", dynamic_ncols=True, leave=False,
                bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
     try:
         if workers == 1:
