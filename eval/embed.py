@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from zoo.base import SSLZooError, UsageError, atomic_write_text, check_out_path, current_umask, fsync_dir, one_line
 from zoo.hub import create_model
 
-from .datasets import IMAGE_EXTS, DatasetError, DatasetNotFound, ImageSplit, load_split
+from .datasets import IMAGE_EXTS, DatasetError, DatasetNotFound, ImageSplit, list_images, load_split
 from .features import model_fingerprint
 from .run import model_label
 
@@ -61,18 +61,11 @@ def load_image_folder(path) -> ImageSplit:
     if not root.is_dir():
         raise DatasetNotFound(f"image folder {root} not found; give a folder of images or a data set spec "
                               f"(fashion-mnist, folder:PATH, npz:PATH)")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS:
-                found.append(os.path.relpath(os.path.join(dirpath, f), root))
+    found = list_images(root)
     if not found:
         raise DatasetError(f"no images in {root} (looked for {', '.join(IMAGE_EXTS)} in it and its sub-folders); "
                            f"give a folder that holds images")
-    found.sort(key=lambda p: Path(p).parts)
-    return ImageSplit(root.name, "all", np.full(len(found), -1, dtype=np.int64), [],
-                      paths=[str(root / p) for p in found], source=str(root))
+    return ImageSplit(root.name, "all", np.full(len(found), -1, dtype=np.int64), [], paths=found, source=str(root))
 
 
 def _names(split: ImageSplit) -> list[str]:

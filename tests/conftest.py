@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,3 +32,14 @@ def _isolated_home(tmp_path):
     mp.setenv("HF_HUB_OFFLINE", "1")
     yield
     mp.undo()
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    """A 64-image 12 x 12 grayscale npz (4 classes; test = the first 16): the smallest trainable set."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 16)
+    images = rng.integers(0, 256, size=(64, 12, 12, 1), dtype=np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, train_image=images, train_label=labels, test_image=images[:16], test_label=labels[:16])
+    return path

@@ -14,16 +14,6 @@ from training.trainer import Trainer
 
 
 
-@pytest.fixture
-def tiny_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 16)
-    images = rng.integers(0, 256, size=(64, 12, 12, 1), dtype=np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, train_image=images, train_label=labels, test_image=images[:16], test_label=labels[:16])
-    return path
-
-
 def _cfg(npz, *sets):
     return load_recipe("simclr_fashion_mnist_cpu", [
         f"data.dataset=npz:{npz}", "model.width=4", "model.in_chans=1", "augment.size=12", "optim.batch_size=16",

@@ -7,23 +7,12 @@ a tiny model only, and skipped where no C compiler is found.
 import logging
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from training.compiled import COMPILE_MODES, CompiledForward, resolve_compile_mode
 from training.config import ConfigError, load_recipe
 from training.trainer import Trainer
-
-
-@pytest.fixture
-def tiny_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 16)
-    images = rng.integers(0, 256, size=(64, 12, 12, 1), dtype=np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, train_image=images, train_label=labels, test_image=images[:16], test_label=labels[:16])
-    return path
 
 
 def _cfg(npz, **extra):
