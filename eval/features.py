@@ -170,15 +170,30 @@ def _read_cached(path: Path, n: int) -> torch.Tensor | None:
     return feats
 
 
+#: The raw-pixel baseline is the preprocessed image average-pooled to at most this side. A 224 px model's
+#: input is 150,528 values per image (36 GB of features for 60,000 images: more than most machines hold),
+#: and an image upsampled to 224 px holds no more than its native pixels; at or below this side (the
+#: Fashion-MNIST models' 28 px) the features are the preprocessed pixels themselves, as before.
+PIXELS_MAX_SIDE = 32
+
+
 class Pixels(torch.nn.Module):
-    """The raw-pixel baseline: the preprocessed image, flattened."""
+    """The raw-pixel baseline: the preprocessed image, flattened; average-pooled to
+    :data:`PIXELS_MAX_SIDE` first when the preprocessing crops larger (``label`` and ``weights_sha256``
+    then say so: ``pixels (pooled to 32 px)`` / ``pixels-pool32``, so results and cached features of the
+    two kinds never mix)."""
 
     feature_dim = None
 
-    def __init__(self, preprocess):
+    def __init__(self, preprocess, max_side: int = PIXELS_MAX_SIDE):
         super().__init__()
         self.preprocess = preprocess
-        self.weights_sha256 = "pixels"
+        crop = getattr(preprocess, "crop", None)
+        self.side = int(max_side) if crop is not None and crop > max_side else None
+        self.weights_sha256 = "pixels" if self.side is None else f"pixels-pool{self.side}"
+        self.label = "pixels" if self.side is None else f"pixels (pooled to {self.side} px)"
 
     def forward(self, x):
+        if self.side is not None:
+            x = torch.nn.functional.adaptive_avg_pool2d(x, self.side)
         return x.flatten(1)

@@ -74,7 +74,7 @@ def model_method(model: str) -> str:
     rec = REGISTRY.get(model)
     if rec is not None:
         return rec.method
-    if model == "pixels" or "(random init" in model:
+    if model == "pixels" or model.startswith("pixels (pooled") or "(random init" in model:
         return "baseline"
     return "unknown"
 

@@ -367,7 +367,8 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
         baselines = tuple(b for b in baselines if b != "random-init")
     for b in baselines:
         if b == "pixels":
-            candidates.append(("pixels", Pixels(model.preprocess)))
+            px = Pixels(model.preprocess)
+            candidates.append((px.label, px))
         elif b == "random-init":
             torch.manual_seed(0)
             rnd = create_model(model_spec, pretrained=False)
@@ -380,7 +381,7 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
         results, reused, computed = [], 0, 0
         pending = []  # (jobs to compute, their previous results, their probe tasks), per model
         for name, m in candidates:
-            sha = "pixels" if isinstance(m, Pixels) else model_fingerprint(m)
+            sha = m.weights_sha256 if isinstance(m, Pixels) else model_fingerprint(m)
             common = {"precision": precision, "preprocess": m.preprocess.to_dict()}
             jobs = _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common, n_train=n_labelled)
             stored = {} if (force or not cache or store is None) else store.get_many(j.key for j in jobs)

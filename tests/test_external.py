@@ -237,11 +237,29 @@ def test_cli_eval_external_models_beside_a_zoo_model(tmp_path):
     by = {(x["model"], x["protocol"]): x for x in rows}
     # the DINO setting k=20, labelled with the k it really uses (12 train images here)
     knn20 = next(p for _, p in by if p.startswith("knn k=") and p.endswith(" T=0.07"))
-    assert {x["model"] for x in rows} == {"torchvision:mobilenet_v3_small (random init, seed 0)", "pixels",
+    # the 224 px model's pixel baseline is pooled to 32 px (150,528 values per image would not fit in memory at scale)
+    assert {x["model"] for x in rows} == {"torchvision:mobilenet_v3_small (random init, seed 0)", "pixels (pooled to 32 px)",
                                             "timm:mobilenetv3_small_050 (weights mnv3.safetensors)",
                                             "timm:mobilenetv3_small_050 (random init, seed 0)", "zoo_tiny"}
     sha = sha256_file(tmp_path / "mnv3.safetensors")
     assert by[("timm:mobilenetv3_small_050 (weights mnv3.safetensors)", knn20)]["weights_sha256"] == sha
     assert by[("timm:mobilenetv3_small_050 (random init, seed 0)", knn20)]["weights_sha256"] != sha
     assert all(x["dataset"] == "npz:gray.npz" and 0 <= x["accuracy_mean"] <= 100 for x in rows)
-    assert by[("pixels", knn20)]["accuracy_mean"] == 100.0  # light vs dark: separable from pixels
+    assert by[("pixels (pooled to 32 px)", knn20)]["accuracy_mean"] == 100.0  # light vs dark: separable from pixels
+    assert by[("pixels (pooled to 32 px)", knn20)]["weights_sha256"] == "pixels-pool32"
+
+
+def test_pixel_baseline_is_bounded_for_large_inputs():
+    """A 224 px model's pixel baseline is the input average-pooled to 32 px (3,072 values, not 150,528);
+    a 28 px model's is its preprocessed pixels unchanged, under the old name and key."""
+    from eval.features import Pixels
+    from zoo.preprocess import Preprocess
+
+    big = Pixels(Preprocess(256, 224, (0.5,) * 3, (0.5,) * 3))
+    x = torch.rand(2, 3, 224, 224)
+    f = big(x)
+    assert f.shape == (2, 3 * 32 * 32) and big.weights_sha256 == "pixels-pool32"
+    assert torch.allclose(f.view(2, 3, 32, 32)[:, :, 0, 0], x[:, :, :7, :7].mean((2, 3)), atol=1e-6)
+    small = Pixels(Preprocess(28, 28, (0.5,), (0.5,), in_chans=1))
+    y = torch.rand(2, 1, 28, 28)
+    assert torch.equal(small(y), y.flatten(1)) and small.weights_sha256 == "pixels" and small.label == "pixels"
