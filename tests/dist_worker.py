@@ -24,6 +24,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_ranks(fn, world: int, *args, timeout: float = 240, start_method: str | None = None) -> None:
+    """``fn(rank, world, port, *args)`` in ``world`` processes (fork on Linux: the children reuse the
+    imports); fails the calling test after ``timeout`` seconds instead of hanging, killing the ranks."""
+    import sys
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+    ctx = mp.start_processes(fn, args=(world, free_port()) + args, nprocs=world, join=False, start_method=method)
+    deadline = time.time() + timeout
+    while not ctx.join(timeout=2):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"{fn.__name__} on {world} ranks did not finish in {timeout} s")
+
+
 def case_model_and_views(method: str):
     """A width-4 ResNet with the method's heads (seeded) and fixed views of a global batch ``B``."""
     from training.config import load_recipe

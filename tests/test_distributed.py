@@ -11,13 +11,11 @@ share its imports) against 1 process.
   checkpoint resumes on the other world size (2 -> 1 and 1 -> 2).
 """
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -39,14 +37,7 @@ START = "fork" if sys.platform.startswith("linux") else "spawn"  # fork: childre
 
 def run_ranks(fn, *args, timeout=240):
     """``fn(rank, WORLD, port, *args)`` in WORLD processes; fails (never hangs) after ``timeout``."""
-    ctx = mp.start_processes(fn, args=(WORLD, W.free_port()) + args, nprocs=WORLD, join=False, start_method=START)
-    deadline = time.time() + timeout
-    while not ctx.join(timeout=2):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{fn.__name__} on {WORLD} ranks did not finish in {timeout} s")
+    W.run_ranks(fn, WORLD, *args, timeout=timeout, start_method=START)
 
 
 def test_one_step_on_two_ranks_equals_one_process(tmp_path):

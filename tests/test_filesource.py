@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file
 from sslzoo_runner import runner
@@ -339,16 +338,9 @@ WORLD = 2
 
 
 def _run_ranks(fn, *args, timeout=240):
-    from dist_worker import free_port
+    from dist_worker import run_ranks
 
-    ctx = mp.start_processes(fn, args=(WORLD, free_port()) + args, nprocs=WORLD, join=False, start_method="fork")
-    deadline = time.time() + timeout
-    while not ctx.join(timeout=2):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{fn.__name__} on {WORLD} ranks did not finish in {timeout} s")
+    run_ranks(fn, WORLD, *args, timeout=timeout, start_method="fork")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
