@@ -154,7 +154,9 @@ def time_batches(batches, finish, n_batches: int, warmup: int, batch: int) -> di
     for _ in range(n_batches):
         views = finish(next(it))
     wall = time.perf_counter() - t0
-    cpu = cpu_between(c0, tree_cpu_seconds())
+    # /proc counts CPU time in clock ticks (10 ms): a run shorter than one tick (the smoke test on a fast,
+    # free machine) would read 0 CPU seconds; count it as one tick, the resolution of the measurement
+    cpu = max(cpu_between(c0, tree_cpu_seconds()), 1.0 / os.sysconf("SC_CLK_TCK"))
     close = getattr(it, "close", None)
     if close is not None:
         close()
