@@ -62,6 +62,7 @@ __all__ = [
     "fewshot_probe",
     "fit_logreg",
     "knn_probe",
+    "knn_probes",
     "linear_probe",
     "select_groups",
     "select_l2",
@@ -160,7 +161,8 @@ SELECT_MAX_ITER: int = 500
 
 
 def fit_logreg(X, y, num_classes: int, l2: float, max_iter: int = 500, init=None,
-               tol: float = 1e-6, spectral: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               tol: float = 1e-6, spectral: bool = False,
+               precondition: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression, all classes jointly, full batch, L-BFGS.
 
     Minimises ``mean_i CE(softmax(W x_i + b), y_i) + l2 / 2 * ||W||_F^2`` (``b`` not penalised)
@@ -169,7 +171,8 @@ def fit_logreg(X, y, num_classes: int, l2: float, max_iter: int = 500, init=None
     ``init`` is an optional ``(W, b)`` warm start (e.g. the solution at a neighbouring ``l2``).
     ``tol`` bounds the max-abs gradient at convergence. Returns ``W [C, D]`` and ``b [C]``
     (float32, on ``X``'s device). This is :func:`eval.solver.fit_logreg_batch` with a single problem
-    (``spectral=True``: :func:`eval.solver.fit_logreg_spectral`, same objective and stopping rule, preconditioned).
+    (``spectral=True``: :func:`eval.solver.fit_logreg_spectral`, same objective and stopping rule, preconditioned
+    unless ``precondition=False``; in the span of the rows when ``N < D``).
     """
     X = _as_features(X)
     y = _as_labels(y, X.shape[0], device=X.device)
@@ -182,8 +185,11 @@ def fit_logreg(X, y, num_classes: int, l2: float, max_iter: int = 500, init=None
         if W0.shape != (C, D) or b0.shape != (C,):
             raise ValueError(f"init shapes {tuple(W0.shape)}, {tuple(b0.shape)} do not match ({C}, {D}), ({C},)")
         init = (W0.unsqueeze(0), b0.unsqueeze(0))
-    fit = fit_logreg_spectral if spectral else fit_logreg_batch
-    W, b = fit(X, y, C, [float(l2)], tol=tol, max_iter=max_iter, init=init)
+    if spectral:
+        W, b = fit_logreg_spectral(X, y, C, [float(l2)], tol=tol, max_iter=max_iter, init=init,
+                                   precondition=precondition)
+    else:
+        W, b = fit_logreg_batch(X, y, C, [float(l2)], tol=tol, max_iter=max_iter, init=init)
     return W[0], b[0]
 
 
@@ -203,12 +209,13 @@ class LinearProbe:
     """
 
     def __init__(self, num_classes: int, l2: float, max_iter: int = 500, tol: float = 1e-6,
-                 spectral: bool = False):
+                 spectral: bool = False, precondition: bool = True):
         self.num_classes = int(num_classes)
         self.l2 = float(l2)
         self.max_iter = max_iter
         self.tol = tol
         self.spectral = spectral
+        self.precondition = precondition
         self.mean_ = self.std_ = self.coef_ = self.intercept_ = None
 
     def transform(self, X) -> torch.Tensor:
@@ -222,7 +229,7 @@ class LinearProbe:
         self.mean_, self.std_ = standardiser(X)
         self.coef_, self.intercept_ = fit_logreg(self.transform(X), y, self.num_classes, self.l2,
                                                  max_iter=self.max_iter, init=init, tol=self.tol,
-                                                 spectral=self.spectral)
+                                                 spectral=self.spectral, precondition=self.precondition)
         return self
 
     @property
@@ -381,8 +388,24 @@ def knn_probe(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: flo
     Test points are processed ``chunk`` at a time, so memory is ``O(chunk * N_train)``.
     ``k`` is capped at ``N_train``. Returns ``dict(accuracy, k, temperature)``.
     """
-    if k < 1 or temperature <= 0 or chunk < 1:
-        raise ValueError(f"need k >= 1, temperature > 0, chunk >= 1; got k={k}, T={temperature}, chunk={chunk}")
+    return knn_probes(train_x, train_y, test_x, test_y, settings=[(k, temperature)], num_classes=num_classes,
+                      chunk=chunk)[0]
+
+
+@torch.no_grad()
+@single_threaded
+def knn_probes(train_x, train_y, test_x, test_y, *, settings=((20, 0.07),), num_classes: int | None = None,
+               chunk: int = 1024) -> list[dict]:
+    """:func:`knn_probe` for several ``(k, temperature)`` settings from one pass over the similarities:
+    one ``test x train`` product and one ``topk`` of the largest ``k`` per chunk, each setting voting with
+    the first ``k`` of those (sorted) neighbours -- the cost of one setting. Returns one
+    ``dict(accuracy, k, temperature)`` per setting, in order."""
+    settings = [(int(k), float(t)) for k, t in settings]
+    if not settings:
+        raise ValueError("no kNN settings given")
+    if chunk < 1 or any(k < 1 or t <= 0 for k, t in settings):
+        bad = next(((k, t) for k, t in settings if k < 1 or t <= 0), settings[0])
+        raise ValueError(f"need k >= 1, temperature > 0, chunk >= 1; got k={bad[0]}, T={bad[1]}, chunk={chunk}")
     train_x = _as_features(train_x)
     dev = train_x.device
     train_y = _as_labels(train_y, train_x.shape[0], device=dev)
@@ -393,22 +416,26 @@ def knn_probe(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: flo
     C = _num_classes(num_classes, train_y)
     ids, (train_y, test_y) = contiguous_labels(train_y, test_y, num_classes=num_classes)
     C = C if num_classes is not None else int(ids.numel())
-    k = min(int(k), train_x.shape[0])
+    settings = [(min(k, train_x.shape[0]), t) for k, t in settings]
+    k_max = max(k for k, _ in settings)
     train_n = F.normalize(train_x, dim=1)
-    correct = 0
+    correct = [0] * len(settings)
     # One similarity buffer for all chunks: a fresh [chunk, N_train] tensor per chunk (245 MB at 1024 x
     # 60k) is a fresh mmap whose pages the kernel zero-fills on first touch, ~10% of the probe's time.
     buf = torch.empty(min(chunk, test_x.shape[0]), train_n.shape[0], device=dev)
     for s in range(0, test_x.shape[0], chunk):
         q = F.normalize(test_x[s:s + chunk], dim=1)
         scores = torch.mm(q, train_n.t(), out=buf[:q.shape[0]])
-        sim, idx = scores.topk(k, dim=1)
-        # exp((sim - max) / T): same vote ratios as exp(sim / T) without overflow for small T.
-        w = ((sim - sim[:, :1]) / temperature).exp()
-        votes = torch.zeros(q.shape[0], C, device=dev).scatter_add_(1, train_y[idx], w)
-        correct += int((votes.argmax(1) == test_y[s:s + chunk]).sum())
-    acc = correct / test_x.shape[0] if test_x.shape[0] else float("nan")
-    return {"accuracy": acc, "k": k, "temperature": float(temperature)}
+        sim_all, idx_all = scores.topk(k_max, dim=1)                      # sorted, most similar first
+        for i, (k, temperature) in enumerate(settings):
+            sim, idx = sim_all[:, :k], idx_all[:, :k]
+            # exp((sim - max) / T): same vote ratios as exp(sim / T) without overflow for small T.
+            w = ((sim - sim[:, :1]) / temperature).exp()
+            votes = torch.zeros(q.shape[0], C, device=dev).scatter_add_(1, train_y[idx], w)
+            correct[i] += int((votes.argmax(1) == test_y[s:s + chunk]).sum())
+    n_test = test_x.shape[0]
+    return [{"accuracy": c / n_test if n_test else float("nan"), "k": k, "temperature": t}
+            for c, (k, t) in zip(correct, settings)]
 
 
 # ----------------------------------------------------------------------------- few-shot
@@ -437,28 +464,22 @@ def cv_fold_predictions(x, y, num_classes, grid, fold, *, tol=None, max_iter=Non
     rows outside fold ``f`` (``fold [N]`` holds fold ids ``0..F-1``) with ``l2 = grid[g]``.
 
     Each model is the :class:`LinearProbe` of its training folds (standardised with *their*
-    statistics). All ``F * G`` fits are solved as one stacked problem on the support set standardised
-    once with its own statistics ``(m, s)``: the fold-``f`` problem in its coordinates
-    ``(x - m_f) / s_f`` is the same problem in the shared coordinates with weights ``V = W * s / s_f``
-    (the offset goes into the unpenalised bias) and penalty ``l2 * (s_f / s)^2`` per feature, so its
-    minimiser and its predictions are unchanged. Fold membership enters as a 0/1 sample weight.
-    ``tol`` / ``max_iter`` default to :data:`SELECT_TOL` / :data:`SELECT_MAX_ITER`.
+    statistics), solved by :func:`eval.solver.fit_logreg_spectral`: the ``G`` candidates of a fold are
+    one stacked problem in the eigenbasis of the fold's features, restricted to the span of its rows
+    when it has fewer rows than features (every few-shot support up to ``k * C < D``), where the
+    minimiser lies. ``tol`` / ``max_iter`` default to :data:`SELECT_TOL` / :data:`SELECT_MAX_ITER`.
     """
     tol = SELECT_TOL if tol is None else tol
     max_iter = SELECT_MAX_ITER if max_iter is None else max_iter
     n_folds = int(fold.max()) + 1
-    mean, std = standardiser(x)
-    xs = (x - mean) / std
-    grid_t = torch.tensor(grid, dtype=torch.float32, device=x.device)
-    penalty, weight = [], []
+    preds = []
     for f in range(n_folds):
         tr = fold != f
-        ratio = standardiser(x[tr])[1] / std
-        penalty.append(grid_t.unsqueeze(1) * ratio.pow(2).unsqueeze(0))   # [G, D]
-        weight.append(tr.to(torch.float32).expand(len(grid), -1))           # [G, N]
-    W, b = fit_logreg_batch(xs, y, num_classes, torch.cat(penalty), torch.cat(weight), tol=tol,
-                             max_iter=max_iter)
-    return stacked_predict(xs, W, b).view(-1, n_folds, len(grid))         # problem index = f * G + g
+        mean, std = standardiser(x[tr])
+        W, b = fit_logreg_spectral((x[tr] - mean) / std, y[tr], num_classes, grid, tol=tol, max_iter=max_iter,
+                                   precondition=False)
+        preds.append(stacked_predict((x - mean) / std, W, b))                  # [N, G]
+    return torch.stack(preds, 1)                                                # [N, F, G]
 
 
 @single_threaded
@@ -535,7 +556,7 @@ def fewshot_probe(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 20, 50, 
                 l2 = float(one_shot_l2)
             else:
                 l2 = grid[cv_select_l2(sx, sy, C, grid, min(k, 5), seed, max_iter)]
-            probe = LinearProbe(C, l2, max_iter=max_iter).fit(sx, sy)
+            probe = LinearProbe(C, l2, max_iter=max_iter, spectral=True, precondition=False).fit(sx, sy)
             accs.append(probe.score(test_x, test_y))
             l2s.append(l2)
         mean, std = mean_std(accs, missing=float("nan"))

@@ -24,7 +24,7 @@ from zoo.hub import create_model
 from . import distributed as D
 from .datasets import DatasetError, load_split
 from .features import Pixels, cache_key, extract, model_fingerprint
-from .probes import fewshot_probe, knn_probe, linear_probe
+from .probes import fewshot_probe, knn_probes, linear_probe
 from .protocols import PROTOCOLS
 from .solver import one_thread
 from .store import Result, ResultStore, aggregate, code_version
@@ -32,7 +32,7 @@ from .store import Result, ResultStore, aggregate, code_version
 log = logging.getLogger(__name__)
 
 __all__ = ["PROBES", "cli_probes", "KNN_SETTINGS", "BASELINES", "LINEAR_VAL_FRACTION", "code_version", "parse_probes",
-           "evaluate", "check_inputs", "probe_workers", "run_tasks", "model_label", "dataset_label", "data_fingerprint"]
+           "evaluate", "check_inputs", "probe_workers", "PARALLEL_MIN_VALUES", "run_tasks", "model_label", "dataset_label", "data_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,17 +168,28 @@ def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict, n_tra
     return jobs
 
 
-def probe_workers(n_tasks: int | None = None) -> int:
+#: Below this many feature values (train rows x dims, largest model) the probe tasks run one at a time: their
+#: fits are tiny tensors whose time goes to per-operation Python overhead, so tasks on two threads contend
+#: for the GIL instead of computing side by side. Measured (``benchmarks/small_eval.py``, 10 classes x 20
+#: images, 1024-d, 2 x 10^5 values): 72.7 s at one thread, 112.1 s with two tasks at once; the main job
+#: (60,000 x 1,024 = 6 x 10^7) gains from two.
+PARALLEL_MIN_VALUES = 2_000_000
+
+
+def probe_workers(n_tasks: int | None = None, values: int | None = None) -> int:
     """How many probe tasks run at once: the caller's ``torch.get_num_threads()`` (capped by the number of
-    tasks). Each task runs on its own thread with one intra-op thread, so a task's arithmetic is the same
+    tasks), or 1 when the largest feature matrix holds fewer than :data:`PARALLEL_MIN_VALUES` ``values``.
+    Each task runs on its own thread with one intra-op thread, so a task's arithmetic is the same
     sequence of operations whatever this number is and its result is bit-identical at any thread count
     (see :func:`eval.solver.one_thread`); only the wall time changes."""
     n = max(1, torch.get_num_threads())
+    if values is not None and int(values) < PARALLEL_MIN_VALUES:
+        n = 1
     return n if n_tasks is None else max(1, min(n, int(n_tasks)))
 
 
 def _probe_tasks(jobs: list[Result], tr, te) -> list[tuple[float, callable]]:
-    """``jobs`` as independent tasks ``(cost, fn)``: the linear probe, each kNN setting, each few-shot
+    """``jobs`` as independent tasks ``(cost, fn)``: the linear probe, all kNN settings together, each few-shot
     (k, seed) draw (a draw depends on k and its seed only). ``cost`` is a rough relative work estimate
     (for the order and the progress bar), never part of a result."""
     (trx, try_), (tex, tey) = tr, te
@@ -186,17 +197,19 @@ def _probe_tasks(jobs: list[Result], tr, te) -> list[tuple[float, callable]]:
     trx, try_ = trx[labelled], try_[labelled]
     n, d = int(trx.shape[0]), int(trx.shape[1]) if trx.ndim == 2 else 1
     tasks = []
+    knn = [j for j in jobs if j.probe == "knn"]
+    if knn:  # every kNN setting from one pass over the similarities (one product, one top-k)
+        def fn(knn=knn):
+            rs = knn_probes(trx, try_, tex, tey, settings=[(j.params["k"], j.params["T"]) for j in knn])
+            for j, r in zip(knn, rs):
+                j.accuracy = 100 * r["accuracy"]
+        tasks.append((5.0 * n * int(tex.shape[0]) * d / 6e11 + 0.1 * len(knn), fn))
     for j in jobs:
         if j.probe == "linear":
             def fn(j=j):
                 r = linear_probe(trx, try_, tex, tey, seed=j.seed, val_fraction=j.params["val_fraction"])
                 j.accuracy, j.extra = 100 * r["accuracy"], {"l2": r["l2"], "val_accuracy": r["val_accuracy"]}
             tasks.append((40.0 * n * d / 6e7 + 1.0, fn))
-        elif j.probe == "knn":
-            def fn(j=j):
-                r = knn_probe(trx, try_, tex, tey, k=j.params["k"], temperature=j.params["T"])
-                j.accuracy = 100 * r["accuracy"]
-            tasks.append((5.0 * n * int(tex.shape[0]) * d / 6e11 + 0.1, fn))
         elif j.probe == "fewshot":
             def fn(j=j):
                 (r,) = fewshot_probe(trx, try_, tex, tey, shots=[j.params["shots"]], seeds=[j.seed])
@@ -206,19 +219,21 @@ def _probe_tasks(jobs: list[Result], tr, te) -> list[tuple[float, callable]]:
     return tasks
 
 
-def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers: int | None = None) -> None:
+def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers: int | None = None,
+              values: int | None = None) -> None:
     """Run independent probe tasks ``(cost, fn)``, costliest first, on ``workers`` threads (default
-    :func:`probe_workers`), each thread with one intra-op thread; the progress bar advances by each
+    :func:`probe_workers` for feature matrices of ``values`` numbers), each thread with one intra-op thread; the progress bar advances by each
     finished task's cost and shows the time left. The caller's thread count is restored afterwards."""
     if not tasks:
         return
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
-    workers = probe_workers(len(tasks)) if workers is None else max(1, int(workers))
+    workers = probe_workers(len(tasks), values) if workers is None else max(1, int(workers))
     n_threads = torch.get_num_threads()
     bar = tqdm(total=sum(c for c, _ in tasks), desc=desc, unit="work", dynamic_ncols=True, leave=False,
                bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
     try:
         if workers == 1:
+            torch.set_num_threads(1)  # nested groups (the linear grid's, eval.solver.run_parallel) in turn too
             with one_thread():
                 for i in order:
                     tasks[i][1]()
@@ -407,15 +422,16 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
                              workers=workers)
                 _finite(tr[0], name, "train")
                 _finite(te[0], name, "test")
-                pending.append((todo, previous, _probe_tasks(todo, tr, te)))
+                pending.append((todo, previous, _probe_tasks(todo, tr, te), tr[0].numel()))
             results += [stored.get(j.key, j) for j in jobs]
             reused += len(jobs) - len(todo)
             computed += len(todo)
         # Every model's features first (extraction uses all threads), then all their probes as one pool of
         # single-threaded tasks: the cores stay busy to the end and each number is the same at any thread count.
         if pending:
-            run_tasks([t for _, _, ts in pending for t in ts], desc=f"probes ({len(pending)} model(s))")
-            for todo, previous, _ in pending:
+            run_tasks([t for _, _, ts, _ in pending for t in ts], desc=f"probes ({len(pending)} model(s))",
+                      values=max(v for _, _, _, v in pending))
+            for todo, previous, _, _ in pending:
                 _warn_changed(todo, previous)
                 if save:
                     store.put(todo, replace=True)

@@ -78,6 +78,9 @@ def test_probe_workers_follows_threads():
     try:
         torch.set_num_threads(2)
         assert probe_workers() == 2 and probe_workers(1) == 1
+        # small feature matrices: one task at a time (tiny fits contend for the GIL on two threads)
+        assert probe_workers(10, values=200 * 1024) == 1
+        assert probe_workers(10, values=60_000 * 1024) == 2
         torch.set_num_threads(1)
         assert probe_workers(10) == 1
     finally:

@@ -504,6 +504,23 @@ def test_knn_matches_brute_force(k, T, chunk):
         pytest.approx(np.mean(pred == test_y))
 
 
+def test_knn_settings_from_one_pass_match_the_brute_force_per_setting():
+    """knn_probes (the run's path: one product, one top-k of the largest k) gives each setting the
+    predictions of the brute-force reference of that setting alone, k capped at N_train per setting."""
+    rng = np.random.default_rng(11)
+    train_x = rng.normal(size=(150, 12)).astype(np.float32)
+    train_y = rng.integers(0, 5, 150)
+    test_x = rng.normal(size=(40, 12)).astype(np.float32)
+    settings = [(20, 0.07), (3, 0.5), (200, 0.1)]
+    for (k, T), res in zip(settings, probes.knn_probes(train_x, train_y, test_x, np.zeros(40, dtype=np.int64),
+                                                      settings=settings, chunk=16)):
+        assert res["k"] == min(k, 150) and res["temperature"] == T
+    for i, (k, T) in enumerate(settings):
+        pred = brute_knn_predict(train_x, train_y, test_x, min(k, 150), T, 5)
+        res = probes.knn_probes(train_x, train_y, test_x, pred, settings=settings, chunk=16)
+        assert res[i]["accuracy"] == 1.0
+
+
 def test_knn_high_accuracy_on_blobs():
     x, y = blobs(600, 16, 5, 2.0, seed=9)
     assert knn_probe(*split(x, y, 400), k=10)["accuracy"] > 0.95
@@ -519,18 +536,18 @@ def fewshot_data():
 
 def record(monkeypatch):
     """Spy on the support draws, on every LinearProbe fit made by fewshot_probe, on the inputs of the
-    cross-validation and on every stacked solve (its design matrix size and per-problem row weights)."""
+    cross-validation and on every stacked solve (its design matrix, labels and l2 grid)."""
     draws, fits, cv, stacked = [], [], [], []
     orig_draw, orig_fit = probes.draw_support, LinearProbe.fit
-    orig_cv, orig_batch = probes.cv_select_l2, probes.fit_logreg_batch
+    orig_cv, orig_batch = probes.cv_select_l2, probes.fit_logreg_spectral
 
     def spy_cv(x, y, *args):
         cv.append((x.clone(), y.clone()))
         return orig_cv(x, y, *args)
 
-    def spy_batch(X, y, num_classes, penalty, weight=None, **kw):
-        stacked.append((X.shape[0], None if weight is None else weight.clone()))
-        return orig_batch(X, y, num_classes, penalty, weight, **kw)
+    def spy_batch(X, y, num_classes, l2s, **kw):
+        stacked.append((X.clone(), y.clone(), list(l2s)))
+        return orig_batch(X, y, num_classes, l2s, **kw)
 
     def spy_draw(y_np, classes, k, seed):
         idx = orig_draw(y_np, classes, k, seed)
@@ -544,7 +561,7 @@ def record(monkeypatch):
     monkeypatch.setattr(probes, "draw_support", spy_draw)
     monkeypatch.setattr(LinearProbe, "fit", spy_fit)
     monkeypatch.setattr(probes, "cv_select_l2", spy_cv)
-    monkeypatch.setattr(probes, "fit_logreg_batch", spy_batch)
+    monkeypatch.setattr(probes, "fit_logreg_spectral", spy_batch)
     return draws, fits, cv, stacked
 
 
@@ -562,18 +579,26 @@ def test_fewshot_draws_exactly_k_per_class_from_train(monkeypatch, fewshot_data)
         X, Y, l2 = fits[-1]
         assert torch.equal(X, torch.from_numpy(xtr[idx])) and torch.equal(Y, torch.from_numpy(ytr[idx]))
         assert l2 == res[0]["per_seed_l2"][0]
-        # Cross-validation (k >= 2) only ever sees the support set; every CV fit (one problem of the
-        # stacked solve) trains on part of it: its held-out fold has weight 0.
+        # Cross-validation (k >= 2) only ever sees the support set; every CV fit (one stacked solve of
+        # the grid per fold) trains on the support minus its held-out fold, one image per class held out
+        # at k <= 5, standardised with its own statistics; the final fit is the whole support.
         assert len(fits) == 1
         if k == 1:
             assert cv == [] and len(stacked) == 1  # just the final fit
         else:
             assert len(cv) == 1 and torch.equal(cv[0][0], torch.from_numpy(xtr[idx]))
             assert torch.equal(cv[0][1], torch.from_numpy(ytr[idx]))
-            (n_rows, weight), final = stacked
-            assert n_rows == 4 * k and final == (4 * k, None)
-            assert weight.shape == (min(k, 5) * len(DEFAULT_L2_GRID), 4 * k)
-            assert bool(((weight == 0).sum(1) >= 4).all()) and bool(((weight > 0).sum(1) < 4 * k).all())
+            *folds, final = stacked
+            fold = probes.cv_folds(ytr[idx], min(k, 5), seed=0)
+            assert len(folds) == min(k, 5)
+            for f, (X, Y, l2s) in enumerate(folds):
+                tr = fold != f
+                assert X.shape[0] == int(tr.sum()) == 4 * (k - 1) and l2s == list(DEFAULT_L2_GRID)
+                assert torch.equal(Y, torch.from_numpy(ytr[idx][tr]))
+                part = torch.from_numpy(xtr[idx][tr])
+                mean, std = probes.standardiser(part)
+                assert torch.equal(X, (part - mean) / std)
+            assert final[0].shape[0] == 4 * k and final[2] == [res[0]["per_seed_l2"][0]]
     assert res[0]["per_seed_l2"][0] in DEFAULT_L2_GRID
 
 
