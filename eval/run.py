@@ -168,67 +168,103 @@ def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict, n_tra
     return jobs
 
 
-#: Below this many feature values (train rows x dims, largest model) the probe tasks run one at a time: their
-#: fits are tiny tensors whose time goes to per-operation Python overhead, so tasks on two threads contend
-#: for the GIL instead of computing side by side. Measured (``benchmarks/small_eval.py``, 10 classes x 20
-#: images, 1024-d, 2 x 10^5 values): 72.7 s at one thread, 112.1 s with two tasks at once; the main job
-#: (60,000 x 1,024 = 6 x 10^7) gains from two.
+#: Below this many feature values (train rows x dims, largest model) probe tasks on *threads* run one at a
+#: time: their fits are tiny tensors whose time goes to per-operation Python overhead, so two tasks on two
+#: threads of one process take turns holding the GIL. Measured (``benchmarks/small_eval.py``, 10 classes x 20
+#: images, 1024-d, 2 x 10^5 values): 72.7 s with one thread, 112.1 s with two tasks on two threads. Worker
+#: processes (the default, :func:`run_tasks`) have no such limit: 34.7 s with two.
 PARALLEL_MIN_VALUES = 2_000_000
 
 
-def probe_workers(n_tasks: int | None = None, values: int | None = None) -> int:
+def probe_workers(n_tasks: int | None = None, values: int | None = None, processes: bool = True) -> int:
     """How many probe tasks run at once: the caller's ``torch.get_num_threads()`` (capped by the number of
-    tasks), or 1 when the largest feature matrix holds fewer than :data:`PARALLEL_MIN_VALUES` ``values``.
-    Each task runs on its own thread with one intra-op thread, so a task's arithmetic is the same
-    sequence of operations whatever this number is and its result is bit-identical at any thread count
-    (see :func:`eval.solver.one_thread`); only the wall time changes."""
+    tasks); on threads (``processes=False``) 1 when the largest feature matrix holds fewer than
+    :data:`PARALLEL_MIN_VALUES` ``values``. Each task runs with one intra-op thread, so a task's arithmetic is
+    the same sequence of operations whatever this number is and its result is bit-identical at any thread
+    count (see :func:`eval.solver.one_thread`); only the wall time changes."""
     n = max(1, torch.get_num_threads())
-    if values is not None and int(values) < PARALLEL_MIN_VALUES:
+    if not processes and values is not None and int(values) < PARALLEL_MIN_VALUES:
         n = 1
     return n if n_tasks is None else max(1, min(n, int(n_tasks)))
 
 
 def _probe_tasks(jobs: list[Result], tr, te) -> list[tuple[float, callable]]:
     """``jobs`` as independent tasks ``(cost, fn)``: the linear probe, all kNN settings together, each few-shot
-    (k, seed) draw (a draw depends on k and its seed only). ``cost`` is a rough relative work estimate
-    (for the order and the progress bar), never part of a result."""
+    (k, seed) draw (a draw depends on k and its seed only). ``fn()`` returns ``[(job, accuracy, extra)]``
+    (``job`` its index in ``jobs``; picklable, so a task can run in another process); :func:`_apply` writes
+    them into the jobs. ``cost`` is a rough relative work estimate (for the order and the progress bar),
+    never part of a result."""
     (trx, try_), (tex, tey) = tr, te
     labelled = try_ >= 0
     trx, try_ = trx[labelled], try_[labelled]
     n, d = int(trx.shape[0]), int(trx.shape[1]) if trx.ndim == 2 else 1
     tasks = []
-    knn = [j for j in jobs if j.probe == "knn"]
+    knn = [i for i, j in enumerate(jobs) if j.probe == "knn"]
     if knn:  # every kNN setting from one pass over the similarities (one product, one top-k)
-        def fn(knn=knn):
-            rs = knn_probes(trx, try_, tex, tey, settings=[(j.params["k"], j.params["T"]) for j in knn])
-            for j, r in zip(knn, rs):
-                j.accuracy = 100 * r["accuracy"]
+        settings = [(jobs[i].params["k"], jobs[i].params["T"]) for i in knn]
+
+        def fn(knn=knn, settings=settings):
+            rs = knn_probes(trx, try_, tex, tey, settings=settings)
+            return [(i, 100 * r["accuracy"], None) for i, r in zip(knn, rs)]
         tasks.append((5.0 * n * int(tex.shape[0]) * d / 6e11 + 0.1 * len(knn), fn))
-    for j in jobs:
+    for i, j in enumerate(jobs):
         if j.probe == "linear":
-            def fn(j=j):
-                r = linear_probe(trx, try_, tex, tey, seed=j.seed, val_fraction=j.params["val_fraction"])
-                j.accuracy, j.extra = 100 * r["accuracy"], {"l2": r["l2"], "val_accuracy": r["val_accuracy"]}
+            def fn(i=i, seed=j.seed, val_fraction=j.params["val_fraction"]):
+                r = linear_probe(trx, try_, tex, tey, seed=seed, val_fraction=val_fraction)
+                return [(i, 100 * r["accuracy"], {"l2": r["l2"], "val_accuracy": r["val_accuracy"]})]
             tasks.append((40.0 * n * d / 6e7 + 1.0, fn))
         elif j.probe == "fewshot":
-            def fn(j=j):
-                (r,) = fewshot_probe(trx, try_, tex, tey, shots=[j.params["shots"]], seeds=[j.seed])
+            def fn(i=i, shots=j.params["shots"], seed=j.seed):
+                (r,) = fewshot_probe(trx, try_, tex, tey, shots=[shots], seeds=[seed])
                 l2s = r.get("per_seed_l2") or [None]
-                j.accuracy, j.extra = 100 * r["per_seed"][0], {"l2": l2s[0]}
+                return [(i, 100 * r["per_seed"][0], {"l2": l2s[0]})]
             tasks.append((0.3 + j.params["shots"] / 100.0 * d / 1024, fn))
     return tasks
 
 
+def _apply(jobs: list[Result], outputs) -> None:
+    for out in outputs:
+        for i, acc, extra in out:
+            jobs[i].accuracy = acc
+            if extra is not None:
+                jobs[i].extra = extra
+
+
+_FORKED_TASKS: list = []  # the task list a forked worker process runs from (inherited at fork, never pickled)
+
+
+def _forked_task(i: int):
+    return _FORKED_TASKS[i][1]()
+
+
+def _can_fork() -> bool:
+    """Worker processes by ``fork`` (they inherit the features without a copy): POSIX, and no CUDA context."""
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods() and not (torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
 def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers: int | None = None,
-              values: int | None = None) -> None:
-    """Run independent probe tasks ``(cost, fn)``, costliest first, on ``workers`` threads (default
-    :func:`probe_workers` for feature matrices of ``values`` numbers), each thread with one intra-op thread; the progress bar advances by each
-    finished task's cost and shows the time left. The caller's thread count is restored afterwards."""
+              values: int | None = None, processes: bool | None = None) -> list:
+    """Run independent probe tasks ``(cost, fn)``, costliest first, ``workers`` at a time (default
+    :func:`probe_workers` for feature matrices of ``values`` numbers), each on one intra-op thread; returns
+    the ``fn()`` results in task order. The progress bar advances by each finished task's cost and shows
+    the time left. The caller's thread count is restored afterwards.
+
+    With several workers the tasks run in forked worker processes (``processes``, default: where fork is
+    available and CUDA is not initialised; the results must then be picklable), not threads: a fit on small
+    tensors spends most of its time in Python between operations, and two such fits on two threads of one
+    process take turns holding the GIL (measured: slower than one thread). A task computes the same
+    operations in any worker, so its result is the same bits at any worker count."""
+    global _FORKED_TASKS
     if not tasks:
-        return
+        return []
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
-    workers = probe_workers(len(tasks), values) if workers is None else max(1, int(workers))
+    if processes is None:
+        processes = _can_fork()
+    workers = probe_workers(len(tasks), values, processes) if workers is None else max(1, int(workers))
     n_threads = torch.get_num_threads()
+    results = [None] * len(tasks)
     bar = tqdm(total=sum(c for c, _ in tasks), desc=desc, unit="work", dynamic_ncols=True, leave=False,
                bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
     try:
@@ -236,15 +272,29 @@ def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers
             torch.set_num_threads(1)  # nested groups (the linear grid's, eval.solver.run_parallel) in turn too
             with one_thread():
                 for i in order:
-                    tasks[i][1]()
+                    results[i] = tasks[i][1]()
                     bar.update(tasks[i][0])
-            return
-        with ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = {pool.submit(tasks[i][1]): tasks[i][0] for i in order}
+            return results
+        if processes:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            _FORKED_TASKS = tasks
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
+                                       initializer=torch.set_num_threads, initargs=(1,))
+            submit = lambda i: pool.submit(_forked_task, i)  # noqa: E731
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))
+            submit = lambda i: pool.submit(tasks[i][1])  # noqa: E731
+        with pool:
+            futures = {submit(i): i for i in order}
             for fut in as_completed(futures):
-                fut.result()  # re-raises a task's error here
-                bar.update(futures[fut])
+                i = futures[fut]
+                results[i] = fut.result()  # re-raises a task's error here
+                bar.update(tasks[i][0])
+        return results
     finally:
+        _FORKED_TASKS = []
         torch.set_num_threads(n_threads)  # the BLAS thread count may be shared with the workers'
         bar.close()
 
@@ -252,7 +302,7 @@ def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers
 def _run_jobs(jobs: list[Result], tr, te, desc: str = "probes") -> None:
     """Fill in the accuracy (percent) and extras of ``jobs`` from features ``tr``, ``te``, the probes
     run as parallel single-threaded tasks (:func:`run_tasks`)."""
-    run_tasks(_probe_tasks(jobs, tr, te), desc=desc)
+    _apply(jobs, run_tasks(_probe_tasks(jobs, tr, te), desc=desc, values=tr[0].numel()))
 
 
 def _run_store_jobs(jobs: list[Result], tr, te) -> None:
@@ -429,9 +479,11 @@ def evaluate(model_spec: str, dataset: str, *, probes=PROBES, shots=(1, 5, 10, 2
         # Every model's features first (extraction uses all threads), then all their probes as one pool of
         # single-threaded tasks: the cores stay busy to the end and each number is the same at any thread count.
         if pending:
-            run_tasks([t for _, _, ts, _ in pending for t in ts], desc=f"probes ({len(pending)} model(s))",
-                      values=max(v for _, _, _, v in pending))
-            for todo, previous, _, _ in pending:
+            outputs = run_tasks([t for _, _, ts, _ in pending for t in ts], desc=f"probes ({len(pending)} model(s))",
+                                values=max(v for _, _, _, v in pending))
+            for todo, previous, ts, _ in pending:
+                _apply(todo, outputs[:len(ts)])
+                outputs = outputs[len(ts):]
                 _warn_changed(todo, previous)
                 if save:
                     store.put(todo, replace=True)

@@ -239,7 +239,7 @@ def test_eval_stores_per_seed_results_and_reuses_them(tiny, monkeypatch):
         raise AssertionError("recomputed although stored")
 
     with monkeypatch.context() as patch:
-        for name in ("extract", "linear_probe", "knn_probe", "fewshot_probe"):
+        for name in ("extract", "linear_probe", "knn_probes", "fewshot_probe"):
             patch.setattr(run_mod, name, boom)
         again, info = _evaluate(model, data)
     assert info == {"reused": 7, "computed": 0}
