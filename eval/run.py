@@ -238,10 +238,13 @@ def _forked_task(i: int):
 
 
 def _can_fork() -> bool:
-    """Worker processes by ``fork`` (they inherit the features without a copy): POSIX, and no CUDA context."""
+    """Worker processes by ``fork`` (they inherit the features without a copy): Linux (macOS offers fork but its
+    system libraries are not fork-safe), and no CUDA context in this process."""
     import multiprocessing as mp
+    import sys
 
-    return "fork" in mp.get_all_start_methods() and not (torch.cuda.is_available() and torch.cuda.is_initialized())
+    return (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+            and not (torch.cuda.is_available() and torch.cuda.is_initialized()))
 
 
 def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers: int | None = None,
