@@ -44,7 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .solver import fit_logreg_batch, fit_logreg_spectral, run_parallel, single_threaded, stacked_predict
+from .solver import (fit_logreg_batch, fit_logreg_spectral, run_parallel, single_threaded, spectral_basis,
+                     stacked_predict)
 from .stats import mean_std
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "SELECT_MAX_ITER",
     "SELECT_GROUPS",
     "SELECT_TOL",
+    "CV_BATCH_MAX_VALUES",
     "LinearProbe",
     "cv_fold_predictions",
     "cv_folds",
@@ -459,26 +461,58 @@ def cv_folds(y_np: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+#: The folds of a few-shot cross-validation are one batched solve (a design per fold) while ``folds x grid x
+#: rows x span`` stays below this many values (the batched objective gathers each problem's design); larger
+#: supports solve fold by fold. One batch runs its L-BFGS loop once instead of once per fold: on small supports
+#: the loop's per-iteration overhead, not arithmetic, is the cost.
+CV_BATCH_MAX_VALUES = 2_000_000
+
+
 def cv_fold_predictions(x, y, num_classes, grid, fold, *, tol=None, max_iter=None):
     """Predictions ``[N, F, G]`` on every row of the support set ``x, y`` of the model fitted on the
     rows outside fold ``f`` (``fold [N]`` holds fold ids ``0..F-1``) with ``l2 = grid[g]``.
 
     Each model is the :class:`LinearProbe` of its training folds (standardised with *their*
-    statistics), solved by :func:`eval.solver.fit_logreg_spectral`: the ``G`` candidates of a fold are
-    one stacked problem in the eigenbasis of the fold's features, restricted to the span of its rows
-    when it has fewer rows than features (every few-shot support up to ``k * C < D``), where the
-    minimiser lies. ``tol`` / ``max_iter`` default to :data:`SELECT_TOL` / :data:`SELECT_MAX_ITER`.
+    statistics), solved as by :func:`eval.solver.fit_logreg_spectral` without preconditioner: in the
+    eigenbasis of the fold's features, restricted to the span of its rows when it has fewer rows than
+    features (every few-shot support up to ``k * C < D``), where the minimiser lies. Small supports
+    (:data:`CV_BATCH_MAX_VALUES`) solve all ``F * G`` problems as one batch with a design per fold; larger
+    ones fold by fold. ``tol`` / ``max_iter`` default to :data:`SELECT_TOL` / :data:`SELECT_MAX_ITER`.
     """
     tol = SELECT_TOL if tol is None else tol
     max_iter = SELECT_MAX_ITER if max_iter is None else max_iter
     n_folds = int(fold.max()) + 1
-    preds = []
+    G = len(grid)
+    parts = []                                   # per fold: (standardiser, basis U [D, r], rotated rows, labels)
     for f in range(n_folds):
         tr = fold != f
         mean, std = standardiser(x[tr])
-        W, b = fit_logreg_spectral((x[tr] - mean) / std, y[tr], num_classes, grid, tol=tol, max_iter=max_iter,
-                                   precondition=False)
-        preds.append(stacked_predict((x - mean) / std, W, b))                  # [N, G]
+        xs = (x[tr] - mean) / std
+        U = spectral_basis(xs)[1]
+        parts.append((mean, std, U, xs @ U, y[tr]))
+    n_max = max(p[3].shape[0] for p in parts)
+    r_max = max(p[2].shape[1] for p in parts)
+    if n_folds * G * n_max * r_max > CV_BATCH_MAX_VALUES:
+        W = [fit_logreg_batch(xr, yt, num_classes, grid, tol=tol, max_iter=max_iter, rotation=U)
+             for _, _, U, xr, yt in parts]
+        Ws, bs = [w for w, _ in W], [b for _, b in W]
+    else:  # one batch: designs zero-padded to n_max rows (weight 0) and r_max coordinates (weights stay 0)
+        D0 = x.shape[1]
+        X3 = x.new_zeros(n_folds, n_max, r_max)
+        U3 = x.new_zeros(n_folds, D0, r_max)
+        y3 = y.new_zeros(n_folds, n_max)
+        wgt = x.new_zeros(n_folds * G, n_max)
+        for f, (_, _, U, xr, yt) in enumerate(parts):
+            X3[f, :xr.shape[0], :xr.shape[1]] = xr
+            U3[f, :, :U.shape[1]] = U
+            y3[f, :yt.shape[0]] = yt
+            wgt[f * G:(f + 1) * G, :yt.shape[0]] = 1.0
+        design = torch.arange(n_folds, device=x.device).repeat_interleave(G)
+        Wb, bb = fit_logreg_batch(X3, y3, num_classes, list(grid) * n_folds, wgt, tol=tol, max_iter=max_iter,
+                                  rotation=U3, design=design)
+        Ws = [Wb[f * G:(f + 1) * G, :, :parts[f][2].shape[1]] for f in range(n_folds)]
+        bs = [bb[f * G:(f + 1) * G] for f in range(n_folds)]
+    preds = [stacked_predict(((x - mean) / std) @ U, W, b) for (mean, std, U, _, _), W, b in zip(parts, Ws, bs)]
     return torch.stack(preds, 1)                                                # [N, F, G]
 
 

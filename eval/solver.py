@@ -126,7 +126,7 @@ def single_threaded(fn):
     return wrapper
 
 
-def logreg_objective(X, y, onehot_t, W, b, penalty, weight):
+def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
     """Objectives and gradients of ``A`` independent multinomial logistic regressions on shared ``X``.
 
     ``X [N, D]``, ``y [N]``, ``onehot_t [C, N]`` (one-hot labels, transposed), ``W [A, C, D]``,
@@ -140,7 +140,13 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight):
     it is still in cache. Cross-entropy and gradient are computed from the logit differences to the
     true class, which keeps their relative precision for confidently classified points (separable
     data, weak regularisation: losses of 1e-6 and below), where ``lse - z_y`` would cancel in float32.
+
+    ``design [A]`` (with ``X [F, N, D]``, ``y [F, N]``, ``weight`` given): problem ``a`` is fitted on design
+    ``X[design[a]]`` (small problems with different rows, e.g. the folds of a cross-validation, solved as
+    one batch: one batched product per evaluation).
     """
+    if design is not None:
+        return _objective_per_design(X, y, W, b, penalty, weight, design)
     A, C, D = W.shape
     N = X.shape[0]
     Wm, bm = W.reshape(A * C, D), b.reshape(A * C, 1)
@@ -183,11 +189,32 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight):
     return loss, gW, gb.view(A, C)
 
 
+def _objective_per_design(X, y, W, b, penalty, weight, design):
+    """:func:`logreg_objective` with a design matrix per problem (``X [F, N, D]``, ``design [A]``), the same
+    cancellation-free cross-entropy, in one batched product each way."""
+    A, C, D = W.shape
+    Xp, yp = X[design], y[design]                                                # [A, N, D], [A, N]
+    Z = torch.baddbmm(b.unsqueeze(2), W, Xp.transpose(1, 2))                     # [A, C, N]
+    oh = F.one_hot(yp, C).to(torch.float32).transpose(1, 2)                      # [A, C, N]
+    Z.sub_(Z.gather(1, yp.unsqueeze(1)))
+    Z.masked_fill_(oh.bool(), float("-inf"))
+    ce = F.softplus(torch.logsumexp(Z, dim=1))                                   # [A, N]
+    G = Z.sub_(ce.unsqueeze(1)).exp_()
+    G.sub_(oh * G.sum(1, keepdim=True))
+    loss = (ce.double() * weight.double()).sum(1)
+    G.mul_(weight.unsqueeze(1))
+    gW = torch.bmm(G, Xp)
+    reg = W * penalty.unsqueeze(1)
+    gW.add_(reg)
+    loss += 0.5 * (W * reg).sum((1, 2)).double()
+    return loss, gW, G.sum(2)
+
+
 @torch.no_grad()
 @single_threaded
 def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float, max_iter: int,
                       init=None, history: int = LBFGS_HISTORY, precond=None,
-                      rotation=None) -> tuple[torch.Tensor, torch.Tensor]:
+                      rotation=None, design=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``P`` independent multinomial logistic regressions that share the design matrix ``X``.
 
     ``X [N, D]`` (float32), ``y [N]`` (int64), ``penalty [P]`` (an ``l2`` per problem) or ``[P, D]``
@@ -213,8 +240,16 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
     rotated features ``X0 U``: the gradient test is then made on the weights in the original
     coordinates (``gW U'``), so the stopping rule is the unrotated problem's. See
     :func:`fit_logreg_spectral`.
+
+    ``design [P]`` (int64): problem ``p`` is fitted on ``X[design[p]]`` of ``X [F, N, D]`` with labels
+    ``y [F, N]``; ``weight`` is then required (0 for a design's padding rows) and ``rotation``, if given, is
+    ``[F, D0, D]`` (one per design). See :func:`eval.probes.cv_fold_predictions`.
     """
-    N, D = X.shape
+    if design is not None:
+        design = torch.as_tensor(design, dtype=torch.int64, device=X.device)
+        if X.ndim != 3 or y.shape != X.shape[:2] or weight is None:
+            raise ValueError("per-problem designs need X [F, N, D], y [F, N] and row weights")
+    N, D = X.shape[-2:]
     C = int(num_classes)
     dev = X.device
     penalty = torch.as_tensor(penalty, dtype=torch.float32, device=dev)
@@ -230,7 +265,7 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         if weight.shape != (P, N):
             raise ValueError(f"weight must be [{P}, {N}], got {tuple(weight.shape)}")
         weight = weight / weight.sum(1, keepdim=True)
-    if hasattr(X, "blocks"):  # a row source streams its labels with its rows
+    if hasattr(X, "blocks") or design is not None:  # a row source streams its labels with its rows
         onehot_t = None
     else:
         onehot_t = F.one_hot(y, C).to(torch.float32).t().contiguous() if N else torch.zeros(C, 0, device=dev)
@@ -243,11 +278,16 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
     out = theta.clone()
 
     ids = torch.arange(P, device=dev)          # problems still running (rows of the state below)
-    pen, wgt = penalty, weight
+    pen, wgt, des = penalty, weight, design
 
-    def evaluate(th, pen_, wgt_):
-        loss, gW, gb = logreg_objective(X, y, onehot_t, th[:, :nW].view(-1, C, D), th[:, nW:], pen_, wgt_)
+    def evaluate(th, pen_, wgt_, des_):
+        loss, gW, gb = logreg_objective(X, y, onehot_t, th[:, :nW].view(-1, C, D), th[:, nW:], pen_, wgt_, des_)
         return loss, torch.cat([gW.reshape(-1, nW), gb], 1)
+
+    def rotate_back(gw, rows):  # class rows of the weight gradient [R, C, D] in the original coordinates
+        if design is None:
+            return gw.reshape(-1, D) @ rotation.t()
+        return torch.bmm(gw, rotation[des[rows]].transpose(1, 2))
 
     M = None
     if precond is not None:
@@ -266,14 +306,14 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         bias_ok = g_[:, nW:].abs().amax(1) <= tol
         norm = g_[:, :nW].reshape(g_.shape[0], C, D).norm(dim=2).amax(1)
         ok = bias_ok & (norm <= tol * (1 - 1e-3))
-        unsure = bias_ok & ~ok & (norm <= tol * (1 + 1e-3) * rotation.shape[0] ** 0.5)
+        unsure = bias_ok & ~ok & (norm <= tol * (1 + 1e-3) * rotation.shape[-2] ** 0.5)
         if bool(unsure.any()):
             rows = unsure.nonzero().squeeze(1)
-            gw = g_[rows, :nW].reshape(-1, D) @ rotation.t()
-            ok[rows] = gw.abs().view(rows.numel(), -1).amax(1) <= tol
+            gw = rotate_back(g_[rows, :nW].reshape(-1, C, D), rows)
+            ok[rows] = gw.abs().reshape(rows.numel(), -1).amax(1) <= tol
         return ok
 
-    f, g = evaluate(theta, pen, wgt)
+    f, g = evaluate(theta, pen, wgt, des)
     S = torch.zeros(history, P, n, device=dev)   # correction pairs, ring buffer; rho = 0 marks unused
     Y = torch.zeros(history, P, n, device=dev)
     rho = torch.zeros(history, P, device=dev)
@@ -288,6 +328,7 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
                                                   Y[:, keep], rho[:, keep], gamma[keep])
             pen = pen[keep]
             wgt = wgt[keep] if wgt is not None else None
+            des = des[keep] if des is not None else None
             M = M[keep] if M is not None else None
         A = ids.numel()
         if A == 0:
@@ -314,8 +355,8 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
                 # the l1 norm in the original coordinates: the only rotation-dependent quantity of plain
                 # L-BFGS (inner products, gamma and the line search are invariant), so a rotated plain
                 # solve follows the unrotated iterates (up to rounding)
-                dw = d[:, :nW].reshape(-1, D) @ rotation.t()
-                t = torch.clamp(1.0 / (dw.abs().view(A, -1).sum(1) + d[:, nW:].abs().sum(1)), max=1.0)
+                dw = rotate_back(d[:, :nW].reshape(-1, C, D), torch.arange(A, device=dev))
+                t = torch.clamp(1.0 / (dw.abs().reshape(A, -1).sum(1) + d[:, nW:].abs().sum(1)), max=1.0)
             else:
                 t = torch.clamp(1.0 / d.abs().sum(1), max=1.0)
         else:
@@ -330,11 +371,11 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         for _ in range(MAX_LINE_SEARCH):
             if sel is None:
                 f0, gtd0, t0, d0 = f, gtd, t, d
-                f_try, g_try = evaluate(torch.addcmul(theta, t.unsqueeze(1), d), pen, wgt)
+                f_try, g_try = evaluate(torch.addcmul(theta, t.unsqueeze(1), d), pen, wgt, des)
             else:
                 f0, gtd0, t0, d0 = f[sel], gtd[sel], t[sel], d[sel]
                 f_try, g_try = evaluate(torch.addcmul(theta[sel], t0.unsqueeze(1), d0), pen[sel],
-                                        wgt[sel] if wgt is not None else None)
+                                        wgt[sel] if wgt is not None else None, des[sel] if des is not None else None)
             ok = ((f_try <= f0 + ARMIJO_C1 * t0.double() * gtd0.double())
                   | ((vdot(g_try, d0) <= (2 * ARMIJO_C1 - 1) * gtd0) & (f_try <= f0 + APPROX_EPS * f0.abs())))
             if sel is None:
