@@ -77,10 +77,10 @@ def main(argv=None) -> int:
     counted = {"flop": 0, "evals": 0}
     objective = solver.logreg_objective
 
-    def counting(X, y, onehot_t, W, b, penalty, weight):
+    def counting(X, y, onehot_t, W, *rest, **kw):
         counted["evals"] += W.shape[0]
-        counted["flop"] += 4 * W.shape[0] * W.shape[1] * W.shape[2] * X.shape[0]
-        return objective(X, y, onehot_t, W, b, penalty, weight)
+        counted["flop"] += 4 * W.shape[0] * W.shape[1] * W.shape[2] * X.shape[-2]  # rows: [N, D] or [F, N, D]
+        return objective(X, y, onehot_t, W, *rest, **kw)
 
     rows = []
     solver.logreg_objective = counting

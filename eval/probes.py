@@ -28,9 +28,10 @@ which is ``N * C`` times our objective with ``l2 = 1 / (C * N)``.
 Solver
 ------
 All logistic regressions go through :func:`eval.solver.fit_logreg_batch`, a vectorised L-BFGS that fits many
-independent problems on one design matrix at once (each with its own L-BFGS state, line search and
-stopping test). The candidates of a selection -- every ``l2`` of the grid on the fit/val split, every
-(fold, ``l2``) pair of the few-shot cross-validation -- are fitted together as one stacked problem,
+independent problems at once (each with its own L-BFGS state, line search and stopping test), on one
+design matrix or one per problem. The candidates of a selection -- every ``l2`` of the grid on the fit/val
+split, every (fold, ``l2``) pair of a small support's few-shot cross-validation (larger supports: the grid,
+fold by fold) -- are fitted together as one stacked problem,
 solved to the same precision as the model that is scored on test (:data:`SELECT_TOL`, at most
 :data:`SELECT_MAX_ITER` iterations, the defaults of :class:`LinearProbe`), so the selected ``l2`` is a
 property of the objective, not of how early the solver stopped. The model that is scored on test is
