@@ -171,8 +171,8 @@ def _plan(name, sha, ds_name, data_fp, probes, shots, seeds, common: dict, n_tra
 #: Below this many feature values (train rows x dims, largest model) probe tasks on *threads* run one at a
 #: time: their fits are tiny tensors whose time goes to per-operation Python overhead, so two tasks on two
 #: threads of one process take turns holding the GIL. Measured (``benchmarks/small_eval.py``, 10 classes x 20
-#: images, 1024-d, 2 x 10^5 values): 72.7 s with one thread, 112.1 s with two tasks on two threads. Worker
-#: processes (the default, :func:`run_tasks`) have no such limit: 34.7 s with two.
+#: images, 1024-d, 2 x 10^5 values, commit 590de69): 72.7 s with one thread, 112.1 s with two tasks on two
+#: threads. Worker processes (the default, :func:`run_tasks`) have no such limit: 34.7 s with two there.
 PARALLEL_MIN_VALUES = 2_000_000
 
 
