@@ -126,6 +126,22 @@ def single_threaded(fn):
     return wrapper
 
 
+def _softmax_minus_onehot(Z, y_index, oh):
+    """In place on logits ``Z [A, C, n]``: the cross-entropy ``ce [A, n]`` and ``G = softmax - onehot``
+    (``y_index`` the true class as ``[A or 1, 1, n]``, ``oh`` the one-hot labels ``[A or 1, C, n]``).
+
+    Without cancellation: with d_c = z_c - z_y, CE = softplus(logsumexp_{c != y} d_c) and softmax_c =
+    exp(d_c - CE) for c != y, softmax_y - 1 = -sum of those. The textbook lse - z_y (and softmax_y - 1)
+    lose all digits in float32 once a point is classified with a margin, which stalls the weakly
+    regularised fits on separable data."""
+    Z.sub_(Z.gather(1, y_index))                                                # d = z - z_y
+    Z.masked_fill_(oh.bool(), float("-inf"))
+    ce = F.softplus(torch.logsumexp(Z, dim=1))                                  # [A, n]
+    G = Z.sub_(ce.unsqueeze(1)).exp_()                                          # softmax, 0 at y
+    G.sub_(oh * G.sum(1, keepdim=True))                                         # softmax - onehot
+    return ce, G
+
+
 def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
     """Objectives and gradients of ``A`` independent multinomial logistic regressions on shared ``X``.
 
@@ -143,71 +159,48 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
 
     ``design [A]`` (with ``X [F, N, D]``, ``y [F, N]``, ``weight`` given): problem ``a`` is fitted on design
     ``X[design[a]]`` (small problems with different rows, e.g. the folds of a cross-validation, solved as
-    one batch: one batched product per evaluation).
+    one batch: one batched product each way per evaluation).
     """
+    A, C, D = W.shape
     if design is not None:
-        return _objective_per_design(X, y, W, b, penalty, weight, design)
-    A, C, D = W.shape
-    N = X.shape[0]
-    Wm, bm = W.reshape(A * C, D), b.reshape(A * C, 1)
-    gW = torch.zeros(A * C, D, device=X.device)
-    gb = torch.zeros(A * C, device=X.device)
-    loss = torch.zeros(A, dtype=torch.float64, device=X.device)
-    step = max(256, ROW_CHUNK_BYTES // (4 * max(D, 1)))
-    if hasattr(X, "blocks"):  # a row source on disk (eval.stream_probes.RowSource): read block by block
-        blocks = X.blocks(step)
+        Xp, yp = X[design], y[design]                                           # [A, N, D], [A, N]
+        Z = torch.baddbmm(b.unsqueeze(2), W, Xp.transpose(1, 2))                # [A, C, N]
+        ce, G = _softmax_minus_onehot(Z, yp.unsqueeze(1), F.one_hot(yp, C).to(torch.float32).transpose(1, 2))
+        loss = (ce.double() * weight.double()).sum(1)
+        G.mul_(weight.unsqueeze(1))
+        gW, gb = torch.bmm(G, Xp), G.sum(2)
     else:
-        blocks = ((s, X[s:s + step], y[s:s + step]) for s in range(0, N, step))
-    for s, Xc, yc in blocks:
-        n = Xc.shape[0]
-        Z = torch.addmm(bm, Wm, Xc.t()).view(A, C, n)
-        # Cross-entropy and its gradient without cancellation: with d_c = z_c - z_y, CE = softplus(
-        # logsumexp_{c != y} d_c) and softmax_c = exp(d_c - CE) for c != y, softmax_y - 1 = -sum of
-        # those. The textbook lse - z_y (and softmax_y - 1) lose all digits in float32 once a point
-        # is classified with a margin, which stalls the weakly regularised fits on separable data.
-        oh = (onehot_t[:, s:s + n] if onehot_t is not None
-              else F.one_hot(yc, C).to(torch.float32).t()).unsqueeze(0)         # [1, C, n]
-        Z.sub_(Z.gather(1, yc.view(1, 1, n).expand(A, 1, n)))                  # d = z - z_y
-        Z.masked_fill_(oh.bool(), float("-inf"))
-        ce = F.softplus(torch.logsumexp(Z, dim=1))                               # [A, n]
-        G = Z.sub_(ce.unsqueeze(1)).exp_()                                       # softmax, 0 at y
-        G.sub_(oh * G.sum(1, keepdim=True))                                      # softmax - onehot
-        if weight is None:
-            loss += ce.sum(1, dtype=torch.float64) / N
-            G.mul_(1.0 / N)
+        N = X.shape[0]
+        Wm, bm = W.reshape(A * C, D), b.reshape(A * C, 1)
+        gW = torch.zeros(A * C, D, device=X.device)
+        gb = torch.zeros(A * C, device=X.device)
+        loss = torch.zeros(A, dtype=torch.float64, device=X.device)
+        step = max(256, ROW_CHUNK_BYTES // (4 * max(D, 1)))
+        if hasattr(X, "blocks"):  # a row source on disk (eval.stream_probes.RowSource): read block by block
+            blocks = X.blocks(step)
         else:
-            wc = weight[:, s:s + step]
-            loss += (ce.double() * wc.double()).sum(1)
-            G.mul_(wc.unsqueeze(1))
-        G = G.view(A * C, n)
-        gW.addmm_(G, Xc)
-        gb += G.sum(1)
-    gW = gW.view(A, C, D)
+            blocks = ((s, X[s:s + step], y[s:s + step]) for s in range(0, N, step))
+        for s, Xc, yc in blocks:
+            n = Xc.shape[0]
+            Z = torch.addmm(bm, Wm, Xc.t()).view(A, C, n)
+            oh = (onehot_t[:, s:s + n] if onehot_t is not None
+                  else F.one_hot(yc, C).to(torch.float32).t()).unsqueeze(0)     # [1, C, n]
+            ce, G = _softmax_minus_onehot(Z, yc.view(1, 1, n).expand(A, 1, n), oh)
+            if weight is None:
+                loss += ce.sum(1, dtype=torch.float64) / N
+                G.mul_(1.0 / N)
+            else:
+                wc = weight[:, s:s + step]
+                loss += (ce.double() * wc.double()).sum(1)
+                G.mul_(wc.unsqueeze(1))
+            G = G.view(A * C, n)
+            gW.addmm_(G, Xc)
+            gb += G.sum(1)
+        gW, gb = gW.view(A, C, D), gb.view(A, C)
     reg = W * penalty.unsqueeze(1)
     gW.add_(reg)
     loss += 0.5 * (W * reg).sum((1, 2)).double()
-    return loss, gW, gb.view(A, C)
-
-
-def _objective_per_design(X, y, W, b, penalty, weight, design):
-    """:func:`logreg_objective` with a design matrix per problem (``X [F, N, D]``, ``design [A]``), the same
-    cancellation-free cross-entropy, in one batched product each way."""
-    A, C, D = W.shape
-    Xp, yp = X[design], y[design]                                                # [A, N, D], [A, N]
-    Z = torch.baddbmm(b.unsqueeze(2), W, Xp.transpose(1, 2))                     # [A, C, N]
-    oh = F.one_hot(yp, C).to(torch.float32).transpose(1, 2)                      # [A, C, N]
-    Z.sub_(Z.gather(1, yp.unsqueeze(1)))
-    Z.masked_fill_(oh.bool(), float("-inf"))
-    ce = F.softplus(torch.logsumexp(Z, dim=1))                                   # [A, N]
-    G = Z.sub_(ce.unsqueeze(1)).exp_()
-    G.sub_(oh * G.sum(1, keepdim=True))
-    loss = (ce.double() * weight.double()).sum(1)
-    G.mul_(weight.unsqueeze(1))
-    gW = torch.bmm(G, Xp)
-    reg = W * penalty.unsqueeze(1)
-    gW.add_(reg)
-    loss += 0.5 * (W * reg).sum((1, 2)).double()
-    return loss, gW, G.sum(2)
+    return loss, gW, gb
 
 
 @torch.no_grad()
@@ -457,14 +450,15 @@ def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: in
     evals, U = spectral_basis(X)                # U [D, r]: r = D, or N when N < D (the row span)
     r = U.shape[1]
     Xr = X @ U
-    kappa = precond_kappa(C)
-    mw = 1.0 / (kappa * evals.clamp_min(0).to(torch.float32).unsqueeze(0) + l2s.unsqueeze(1)).clamp_min(1e-12)
-    M = torch.cat([mw.unsqueeze(1).expand(P, C, r).reshape(P, C * r),
-                   torch.full((P, C), 1.0 / kappa, device=X.device)], 1)
-    M = M / M[:, :C * r].mean(1, keepdim=True)  # scale is L-BFGS's business (gamma); keep d ~ g at the start
+    M = None
+    if precondition:
+        kappa = precond_kappa(C)
+        mw = 1.0 / (kappa * evals.clamp_min(0).to(torch.float32).unsqueeze(0) + l2s.unsqueeze(1)).clamp_min(1e-12)
+        M = torch.cat([mw.unsqueeze(1).expand(P, C, r).reshape(P, C * r),
+                       torch.full((P, C), 1.0 / kappa, device=X.device)], 1)
+        M = M / M[:, :C * r].mean(1, keepdim=True)  # scale is L-BFGS's business (gamma); keep d ~ g at the start
     init_r = None if init is None else (init[0] @ U, init[1])
-    Wr, b = fit_logreg_batch(Xr, y, C, l2s, tol=tol, max_iter=max_iter, init=init_r,
-                             precond=M if precondition else None, rotation=U)
+    Wr, b = fit_logreg_batch(Xr, y, C, l2s, tol=tol, max_iter=max_iter, init=init_r, precond=M, rotation=U)
     return Wr @ U.t(), b
 
 
