@@ -1,7 +1,7 @@
 """A lower bound on the main job's wall time under its protocols, from measured quantities: how much
 arithmetic the probes need, divided by the fastest rate this machine does arithmetic at.
 
-* the fp32 matmul peak of all cores (best of 5 square 2048 products, the rate of ``hardware_peak.py``);
+* the fp32 matmul peak of all cores (``hardware_peak.matmul_peak``: best of 5 square 2048 products);
 * the feature extraction of the two models that need it (default model, random init), timed (fp32, all
   threads, no cache) -- the random-init network is the same architecture, so the default model is timed
   once and counted twice;
@@ -36,19 +36,6 @@ from _common import RESULTS, ROOT, machine_info, print_machine, write_json  # no
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n ** 3 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(RESULTS / "main_job_bound.json"))
@@ -59,9 +46,10 @@ def main(argv=None) -> int:
     from eval import probes, solver
     from eval.datasets import load_split
     from eval.features import Pixels, extract
+    from hardware_peak import matmul_peak
     from zoo.hub import create_model
 
-    peak = matmul_peak()
+    peak = matmul_peak(torch.float32, sizes=(2048,))["flops_per_s"]
     print(f"fp32 matmul peak, {torch.get_num_threads()} threads: {peak / 1e9:.0f} GFLOP/s", flush=True)
     model = create_model("simclr_resnet18w16_d1024_fashion_mnist", pretrained=True)
     train, test = load_split("fashion-mnist", "train"), load_split("fashion-mnist", "test")

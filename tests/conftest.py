@@ -35,11 +35,21 @@ def _isolated_home(tmp_path):
 
 
 @pytest.fixture
-def tiny_npz(tmp_path):
-    """A 64-image 12 x 12 grayscale npz (4 classes; test = the first 16): the smallest trainable set."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 16)
-    images = rng.integers(0, 256, size=(64, 12, 12, 1), dtype=np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, train_image=images, train_label=labels, test_image=images[:16], test_label=labels[:16])
-    return path
+def make_tiny_npz(tmp_path):
+    """``make(per_class)``: a ``4 * per_class``-image 12 x 12 grayscale npz (4 classes, random pixels from
+    seed 0; test = the first ``per_class`` images) at ``tmp_path / "tiny.npz"``."""
+    def make(per_class: int):
+        rng = np.random.default_rng(0)
+        labels = np.repeat(np.arange(4), per_class)
+        images = rng.integers(0, 256, size=(4 * per_class, 12, 12, 1), dtype=np.uint8)
+        path = tmp_path / "tiny.npz"
+        np.savez(path, train_image=images, train_label=labels, test_image=images[:per_class],
+                 test_label=labels[:per_class])
+        return path
+    return make
+
+
+@pytest.fixture
+def tiny_npz(make_tiny_npz):
+    """A 64-image npz (:func:`make_tiny_npz` with 16 per class): the smallest trainable set."""
+    return make_tiny_npz(16)

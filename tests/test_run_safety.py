@@ -17,13 +17,9 @@ from training.trainer import Trainer, TrainingError
 
 
 @pytest.fixture
-def tiny_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 8)
-    images = rng.integers(0, 256, size=(32, 12, 12, 1), dtype=np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, train_image=images, train_label=labels, test_image=images[:8], test_label=labels[:8])
-    return path
+def tiny_npz(make_tiny_npz):
+    """32 images (8 per class): two steps of batch 16 per epoch, which the step/epoch messages below name."""
+    return make_tiny_npz(8)
 
 
 def _cfg(npz, *sets, recipe="simclr_fashion_mnist_cpu"):
