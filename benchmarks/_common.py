@@ -1,6 +1,7 @@
 """Shared helpers of the benchmark scripts: machine description, timing, JSON output."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -66,3 +67,26 @@ def write_json(path, machine: dict, args, rows: list) -> Path:
     out.write_text(json.dumps({"machine": machine, "args": vars(args), "results": rows}, indent=1))
     print(f"wrote {out}", flush=True)
     return out
+
+
+@contextlib.contextmanager
+def counting_logreg_work():
+    """Count the products every logistic-regression fit of :mod:`eval.solver` does inside the block: yields a
+    dict whose ``flop`` (two ``C x D x n`` products per problem and objective evaluation: logits and weight
+    gradient, 2 FLOP per multiply-add) and ``evals`` (problem evaluations) grow as fits run. The softmax, the
+    L-BFGS vector work and the scoring are not counted, so ``flop / peak`` is a lower bound on their time."""
+    from eval import solver
+
+    counted = {"flop": 0, "evals": 0}
+    objective = solver.logreg_objective
+
+    def counting(X, y, onehot_t, W, *rest, **kw):
+        counted["evals"] += W.shape[0]
+        counted["flop"] += 4 * W.shape[0] * W.shape[1] * W.shape[2] * X.shape[-2]  # rows: [N, D] or [F, N, D]
+        return objective(X, y, onehot_t, W, *rest, **kw)
+
+    solver.logreg_objective = counting
+    try:
+        yield counted
+    finally:
+        solver.logreg_objective = objective

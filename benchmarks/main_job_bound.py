@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine_info, print_machine, write_json  # noqa: E402
+from _common import RESULTS, ROOT, counting_logreg_work, machine_info, print_machine, write_json  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     info = machine_info()
     print_machine(info)
 
-    from eval import probes, solver
+    from eval import probes
     from eval.datasets import load_split
     from eval.features import Pixels, extract
     from hardware_peak import matmul_peak
@@ -62,17 +62,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     rnd = create_model("simclr_resnet18w16_d1024_fashion_mnist", pretrained=False)
     rnd.weights_sha256 = None
-    counted = {"flop": 0, "evals": 0}
-    objective = solver.logreg_objective
-
-    def counting(X, y, onehot_t, W, *rest, **kw):
-        counted["evals"] += W.shape[0]
-        counted["flop"] += 4 * W.shape[0] * W.shape[1] * W.shape[2] * X.shape[-2]  # rows: [N, D] or [F, N, D]
-        return objective(X, y, onehot_t, W, *rest, **kw)
-
     rows = []
-    solver.logreg_objective = counting
-    try:
+    with counting_logreg_work() as counted:
         for name, m in (("default model", model), ("random init", rnd), ("pixels", Pixels(model.preprocess))):
             (xtr, ytr), (xte, yte) = extract(m, train), extract(m, test)
             counted.update(flop=0, evals=0)
@@ -90,8 +81,6 @@ def main(argv=None) -> int:
                        fewshot_wall_s_one_thread=round(time.perf_counter() - t0, 1))
             rows.append(row)
             print(rows[-1], flush=True)
-    finally:
-        solver.logreg_objective = objective
     flop = sum(r["linear_gflop"] + r["knn_gflop"] + r["fewshot_gflop"] for r in rows) * 1e9
     bound = 2 * extraction + flop / peak
     summary = {"peak_gflop_s": round(peak / 1e9, 1), "extraction_wall_s": round(extraction, 1),

@@ -15,7 +15,10 @@ synthetic blobs, so the logistic regressions need many more iterations on them.
 ``--sklearn`` also runs the linear-probe protocol with ``sklearn.linear_model.LogisticRegression``
 (lbfgs) on the same split, same standardisation, same l2 grid (``C = 1 / (l2 * N)``) and the same
 stopping rule (selection fits ``tol=SELECT_TOL, max_iter=SELECT_MAX_ITER``, final refit ``tol=1e-6,
-max_iter=500``), and prints both accuracies and the time ratio. ``--impl PATH`` benchmarks another copy
+max_iter=500``), and prints both accuracies and the time ratio. ``--bound`` counts the linear probe's products (every
+objective evaluation of every fit) and divides them by the fp32 matmul peak of all cores: no implementation
+of this protocol with these iterates runs faster; beside sklearn's time it says whether 10x is within
+reach. ``--impl PATH`` benchmarks another copy
 of ``probes.py`` (e.g. an older version) for before/after comparisons.
 
 Results go to a JSON file (``--out``, default ``benchmarks/results/probes_speed.json``) together with
@@ -173,6 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--sklearn-variants", choices=("both", "defaults"), default="both",
                    help="defaults: only sklearn's default stopping rule (the issue-20 comparison; skips the slow "
                         "same-stopping-rule run)")
+    p.add_argument("--bound", action="store_true",
+                   help="also count the linear probe's products and divide by the fp32 matmul peak: a lower bound "
+                        "on its time under this protocol, set beside sklearn's time / 10")
     p.add_argument("--fashion-mnist", action="store_true", help="add the real Fashion-MNIST raw pixels")
     p.add_argument("--fmnist-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--impl", default=None, help="path of a probes.py to benchmark instead of eval/probes.py")
@@ -246,6 +252,23 @@ def main(argv=None) -> int:
                            wall_time_ratio_sklearn_over_torch=sk["seconds"] / dt,
                            detail=f"l2={sk['l2']:g}  (torch {100 * r['accuracy']:.2f}%, "
                                   f"sklearn/torch wall {sk['seconds'] / dt:.2f}x, cpu time {ratio:.2f}x)")
+            if args.bound:
+                from benchmarks._common import counting_logreg_work
+                from benchmarks.hardware_peak import matmul_peak
+
+                peak = matmul_peak(torch.float32, sizes=(2048,))["flops_per_s"]
+                with counting_logreg_work() as counted:
+                    probes.linear_probe(xtr, ytr, xte, yte)
+                bound = counted["flop"] / peak
+                sk = [q for q in rows if q.get("features") == name and "sklearn defaults" in q["probe"]]
+                need = sk[-1]["seconds"] / 10 if sk else None
+                report(**base, probe="linear lower bound", seconds=bound, cpu_seconds=float("nan"),
+                       accuracy=r["accuracy"], gflop=counted["flop"] / 1e9, problem_evaluations=counted["evals"],
+                       peak_gflop_s=peak / 1e9, ten_x_sklearn_defaults_needs_s=need,
+                       ten_x_reachable=None if need is None else bound <= need,
+                       detail=f"{counted['flop'] / 1e9:.0f} GFLOP in {counted['evals']} problem evaluations / "
+                              f"{peak / 1e9:.0f} GFLOP/s" + (f"; 10x sklearn defaults needs <= {need:.2f} s"
+                                                             if need else ""))
         if "knn" in which:
             for k, t in ((20, 0.07), (200, 0.1)):
                 dt, ct, r = timed(probes.knn_probe, xtr, ytr, xte, yte, k=k, temperature=t)

@@ -1,19 +1,24 @@
-"""The SimCLR training step, compiled (``train.compile=inductor``) vs today's eager bf16 step, side by side.
+"""The SimCLR training step: today's eager bf16 step vs the reused heap (``train.reuse_freed_memory``) and
+the compiled step (``train.compile=inductor``), side by side.
 
 Model and step as ``benchmarks/train_speed.py``'s bare step: ResNet-18 with the CIFAR stem (3x3 conv,
 no max-pool) at ``--widths``, projection 512 -> 128, NT-Xent (temperature 0.2), SGD (lr 0.3, momentum
 0.9, wd 5e-4), batch 512 of 32 px views made once by the recipe's augmentation (``ViewAugment``) from
 random smooth uint8 images, ``channels_last``, bf16 autocast. Every variant starts from the same
-initial weights; the compiled one goes through :class:`training.compiled.CompiledForward`, the
-trainer's own path.
+initial weights; the compiled ones go through :class:`training.compiled.CompiledForward`, the
+trainer's own path. Variants: eager bf16 (today's step: glibc's default allocator), eager bf16 with the
+reused heap (:func:`training.heap.reuse_freed_memory`, the recipes' default now), inductor, inductor
+with the reused heap.
 
 Per width:
 
-* compile time: the wall time of each variant's first step (compilation of forward and backward
-  included) and of its second step;
-* steady state: ``--repeats`` rounds, each timing ``--steps`` steps of every variant in turn
-  (interleaved, so load from other jobs hits all variants alike); images/s per round, the ratio to
-  the eager step of the same round, and the median ratio;
+* steady state: ``--repeats`` rounds; in each, every variant runs in a fresh Python process of its own
+  (the allocator setting is process-wide, and a fresh process keeps one variant's heap out of another's
+  timing): two untimed steps (compilation included), then ``--steps`` timed steps. Images/s per round,
+  the ratio to the eager step of the same round, the median ratio, and per timed step the page faults,
+  system and user CPU seconds;
+* compile time: each variant's first and second step in round 0 (with a warm inductor cache, the first
+  compiled step loads the kernels instead of compiling them);
 * op shares (``--profile``): one eager step under ``torch.profiler``: the share of self CPU time in
   convolutions and matmuls (forward and backward), the work compilation cannot change, and the bound
   ``1 / share`` on any speed-up that leaves those kernels as they are; with the step's FLOPs and the
@@ -22,10 +27,11 @@ Per width:
 ``--extras`` adds eager variants: fp32, bf16 without channels_last, bf16 with
 ``torch.backends.mkldnn`` off, bf16 with fused SGD.
 
-``--curve-steps N`` (default 200): loss curves of N steps of eager bf16, compiled bf16 and eager fp32
-(the fp32 curve measures what bf16 rounding alone does), same initial weights, the same batches
-(each batch augmented once and fed to every model), at ``--curve-width`` / ``--curve-batch``; the
-max |difference| of each curve from eager bf16, and a PNG of the curves.
+``--curve-steps N`` (default 200): loss curves of N steps of eager bf16, eager bf16 with the reused heap
+(its own process), compiled bf16 and eager fp32 (the fp32 curve measures what bf16 rounding alone does),
+same initial weights, the same batches (each batch augmented once and fed to every model), at
+``--curve-width`` / ``--curve-batch``; the max |difference| of each curve from eager bf16 (the reused
+heap's: whether it is bit-identical), and a PNG of the curves.
 
     python benchmarks/train_step.py                                  # final numbers
     python benchmarks/train_step.py --widths 16 --batch 64 --steps 2 --repeats 2 --curve-steps 5   # smoke
@@ -48,6 +54,7 @@ from benchmarks.hardware_peak import count_flops, matmul_peak
 from benchmarks.train_speed import MEAN, RECIPE, STD, Net, make_images
 from training.augmentation import ViewAugment
 from training.compiled import CompiledForward
+from training.heap import reuse_freed_memory
 from training.methods.simclr import nt_xent_loss
 
 
@@ -65,7 +72,9 @@ class Step(torch.nn.Module):
 
 class Variant:
     def __init__(self, name, width, compile_mode="none", bf16=True, channels_last=True, mkldnn=True,
-                 fused_sgd=False):
+                 fused_sgd=False, heap=False):
+        if heap:  # process-wide: only ever in a worker process of its own (see run_worker)
+            assert reuse_freed_memory(), "train.reuse_freed_memory needs glibc"
         torch.manual_seed(0)
         self.name, self.bf16, self.channels_last, self.mkldnn = name, bf16, channels_last, mkldnn
         self.model = Step(width)
@@ -97,14 +106,68 @@ def make_views(x_u8, batch, seed):
     return tuple(aug(x_u8[idx], g).contiguous(memory_format=torch.channels_last) for _ in range(2))
 
 
-def variants_for(width, extras):
-    out = [("eager bf16 (today)", {}), ("inductor bf16 (train.compile=inductor)", {"compile_mode": "inductor"})]
-    if extras:
-        out += [("eager fp32", {"bf16": False}),
-                ("eager bf16, no channels_last", {"channels_last": False}),
-                ("eager bf16, mkldnn off", {"mkldnn": False}),
-                ("eager bf16, fused SGD", {"fused_sgd": True})]
-    return [Variant(name, width, **kw) for name, kw in out]
+TODAY = "eager bf16 (today)"
+HEAP = "eager bf16 + reused heap (train.reuse_freed_memory)"
+VARIANTS = {TODAY: {},
+            HEAP: {"heap": True},
+            "inductor bf16 (train.compile=inductor)": {"compile_mode": "inductor"},
+            "inductor bf16 + reused heap": {"compile_mode": "inductor", "heap": True}}
+EXTRAS = {"eager fp32": {"bf16": False},
+          "eager bf16, no channels_last": {"channels_last": False},
+          "eager bf16, mkldnn off": {"mkldnn": False},
+          "eager bf16, fused SGD": {"fused_sgd": True}}
+
+
+def variant_names(extras):
+    return list(VARIANTS) + (list(EXTRAS) if extras else [])
+
+
+def run_worker(args) -> int:
+    """``--worker NAME``: one variant in this (fresh) process: two untimed steps (compilation included), then
+    ``--steps`` timed ones; one JSON line with the timings, CPU times and page faults per timed step."""
+    import json
+    import resource
+
+    torch.manual_seed(0)
+    x_u8 = make_images(args.n)
+    batches = [make_views(x_u8, args.batch, seed) for seed in range(2)]
+    v = Variant(args.worker, args.worker_width, **{**VARIANTS, **EXTRAS}[args.worker])
+    out = {}
+    for i, key in enumerate(("first_step_s", "second_step_s")):
+        t0 = time.perf_counter()
+        v.step(*batches[i])
+        out[key] = time.perf_counter() - t0
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for i in range(args.steps):
+        v.step(*batches[i % 2])
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    out.update(images_per_s=args.steps * args.batch / wall, compiled=v.fwd.active,
+               user_s_per_step=(r1.ru_utime - r0.ru_utime) / args.steps,
+               system_s_per_step=(r1.ru_stime - r0.ru_stime) / args.steps,
+               page_faults_per_step=(r1.ru_minflt - r0.ru_minflt) / args.steps)
+    if args.curve_steps:
+        out["losses"] = curve_losses(v, args, x_u8)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def in_worker(name, width, args, steps=None, curve_steps=0) -> dict:
+    """Run ``name`` at ``width`` in a fresh Python process (:func:`run_worker`) and return its JSON line: the
+    allocator setting is process-wide, and a fresh process per round keeps one variant's heap out of
+    another's timing."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--worker", name, "--worker-width", str(width), "--batch", str(args.batch),
+           "--steps", str(args.steps if steps is None else steps), "--n", str(args.n),
+           "--curve-steps", str(curve_steps), "--curve-batch", str(args.curve_batch)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"failed": tail[:300]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def profile_shares(width, views, rows, peak_bf16):
@@ -140,72 +203,91 @@ def profile_shares(width, views, rows, peak_bf16):
           f"of the bf16 matmul peak", flush=True)
 
 
-def bench_width(width, args, x_u8, rows, peak_bf16):
+def bench_width(width, args, rows):
+    """Interleaved rounds; in each, every variant runs in a fresh process of its own (:func:`in_worker`)."""
     B = args.batch
-    batches = [make_views(x_u8, B, seed) for seed in range(2)]
-    vs = variants_for(width, args.extras)
-    for v in vs:  # compile time: first and second step
-        t0 = time.perf_counter()
-        try:
-            v.step(*batches[0])
-        except Exception as e:  # noqa: BLE001 -- an extra variant that cannot run here: reported, skipped
-            print(f"w{width:<3} {v.name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})", flush=True)
-            rows.append({"width": width, "row": v.name, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
-            v.first_s = None
-            continue
-        v.first_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        v.step(*batches[1])
-        v.second_s = time.perf_counter() - t0
-        print(f"w{width:<3} {v.name:<44} first step {v.first_s:7.1f} s, second {v.second_s:6.2f} s "
-              f"(compiled: {v.fwd.active})", flush=True)
-    vs = [v for v in vs if v.first_s is not None]
-    rates = {v.name: [] for v in vs}
+    names = variant_names(args.extras)
+    rates = {n: [] for n in names}
+    runs = {n: [] for n in names}
     for r in range(args.repeats):
-        for v in vs:
-            t0 = time.perf_counter()
-            for i in range(args.steps):
-                v.step(*batches[i % 2])
-            rates[v.name].append(args.steps * B / (time.perf_counter() - t0))
-        base = rates[vs[0].name][-1]
-        print(f"w{width:<3} round {r}: " + ", ".join(f"{v.name} {rates[v.name][-1]:.1f} img/s "
-                                                     f"({rates[v.name][-1] / base:.2f}x)" for v in vs), flush=True)
-    base = rates[vs[0].name]
-    for v in vs:
-        ratios = [a / b for a, b in zip(rates[v.name], base)]
-        rows.append({"width": width, "row": v.name, "batch": B, "steps_per_round": args.steps,
-                     "first_step_s": v.first_s, "second_step_s": v.second_s, "compiled": v.fwd.active,
-                     "images_per_s_rounds": rates[v.name], "images_per_s_median": statistics.median(rates[v.name]),
-                     "ratio_to_eager_rounds": ratios, "ratio_to_eager_median": statistics.median(ratios)})
-        print(f"w{width:<3} {v.name:<44} median {statistics.median(rates[v.name]):8.1f} img/s, "
-              f"ratio to eager {statistics.median(ratios):.3f}x (rounds: {', '.join(f'{q:.2f}' for q in ratios)})",
-              flush=True)
+        for n in names:
+            res = in_worker(n, width, args)
+            if "failed" in res:
+                print(f"w{width:<3} {n}: failed ({res['failed']})", flush=True)
+                continue
+            runs[n].append(res)
+            rates[n].append(res["images_per_s"])
+            if r == 0:
+                print(f"w{width:<3} {n:<52} first step {res['first_step_s']:7.1f} s, second "
+                      f"{res['second_step_s']:6.2f} s (compiled: {res['compiled']})", flush=True)
+        base = rates[TODAY][-1] if len(rates[TODAY]) == r + 1 else None
+        print(f"w{width:<3} round {r}: " + ", ".join(
+            f"{n} {rates[n][-1]:.1f} img/s" + (f" ({rates[n][-1] / base:.2f}x)" if base else "")
+            for n in names if len(rates[n]) == r + 1), flush=True)
+    base = rates[TODAY]
+    for n in names:
+        if len(rates[n]) != len(base) or not base:
+            rows.append({"width": width, "row": n, "failed": True, "runs": runs[n]})
+            continue
+        ratios = [a / b for a, b in zip(rates[n], base)]
+        per = {k: statistics.median(x[k] for x in runs[n])
+               for k in ("user_s_per_step", "system_s_per_step", "page_faults_per_step")}
+        rows.append({"width": width, "row": n, "batch": B, "steps_per_round": args.steps,
+                     "first_step_s": runs[n][0]["first_step_s"], "second_step_s": runs[n][0]["second_step_s"],
+                     "compiled": runs[n][0]["compiled"], "images_per_s_rounds": rates[n],
+                     "images_per_s_median": statistics.median(rates[n]), "ratio_to_eager_rounds": ratios,
+                     "ratio_to_eager_median": statistics.median(ratios), **{k + "_median": v for k, v in per.items()}})
+        print(f"w{width:<3} {n:<52} median {statistics.median(rates[n]):8.1f} img/s, ratio to eager "
+              f"{statistics.median(ratios):.3f}x (rounds: {', '.join(f'{q:.2f}' for q in ratios)}); per step: "
+              f"{per['page_faults_per_step']:.0f} page faults, {per['system_s_per_step']:.3f} s system, "
+              f"{per['user_s_per_step']:.3f} s user", flush=True)
     if args.profile:
-        profile_shares(width, batches[0], rows, peak_bf16)
+        x_u8 = make_images(args.n)
+        profile_shares(width, make_views(x_u8, B, 0), rows, args.peak)
+
+
+def curve_batches(args, x_u8):
+    """The curve's batches: each augmented once (same generator), so every model sees the same images."""
+    aug = ViewAugment(**RECIPE, mean=MEAN, std=STD, version=2)
+    g = torch.Generator().manual_seed(1234)
+    for _ in range(args.curve_steps):
+        idx = torch.randint(0, len(x_u8), (args.curve_batch,), generator=g)
+        yield tuple(aug(x_u8[idx], g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+
+
+def curve_losses(v, args, x_u8) -> list[float]:
+    """The loss curve of a fresh copy of variant ``v`` (same name and settings, same initial weights)."""
+    v = Variant(v.name, args.curve_width, **{**VARIANTS, **EXTRAS}[v.name])
+    return [v.step(*views) for views in curve_batches(args, x_u8)]
 
 
 def curves(args, x_u8, rows):
-    vs = [Variant("eager bf16 (today)", args.curve_width),
+    vs = [Variant(TODAY, args.curve_width),
           Variant("inductor bf16 (train.compile=inductor)", args.curve_width, compile_mode="inductor"),
           Variant("eager fp32", args.curve_width, bf16=False)]
-    aug = ViewAugment(**RECIPE, mean=MEAN, std=STD, version=2)
-    g = torch.Generator().manual_seed(1234)
     t0 = time.perf_counter()
-    for i in range(args.curve_steps):
-        idx = torch.randint(0, len(x_u8), (args.curve_batch,), generator=g)
-        views = tuple(aug(x_u8[idx], g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    for i, views in enumerate(curve_batches(args, x_u8)):
         for v in vs:
             v.losses.append(v.step(*views))
         if i % 20 == 0 or i == args.curve_steps - 1:
             print(f"curve step {i}: " + ", ".join(f"{v.name} {v.losses[-1]:.4f}" for v in vs)
                   + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    # the reused heap in a process of its own (process-wide setting), same batches
+    heap = Variant.__new__(Variant)
+    heap.name = HEAP
+    res = in_worker(HEAP, args.curve_width, args, steps=1, curve_steps=args.curve_steps)
+    heap.losses = res.get("losses", [])
+    if heap.losses:
+        vs.insert(1, heap)
     ref = vs[0].losses
     out = {"row": "loss curves", "width": args.curve_width, "batch": args.curve_batch, "steps": args.curve_steps,
-           "compiled": vs[1].fwd.active, "curves": {v.name: v.losses for v in vs}}
+           "compiled": vs[-2].fwd.active, "curves": {v.name: v.losses for v in vs}}
     for v in vs[1:]:
         d = [abs(a - b) for a, b in zip(v.losses, ref)]
         out[f"max_abs_diff[{v.name}]"] = max(d)
         out[f"mean_abs_diff[{v.name}]"] = sum(d) / len(d)
+        if v.name == HEAP:
+            out[f"bit_identical[{v.name}]"] = v.losses == ref
         print(f"curves: max |{v.name} - eager bf16| = {max(d):.4f} (mean {sum(d) / len(d):.4f})", flush=True)
     rows.append(out)
     import matplotlib
@@ -214,8 +296,9 @@ def curves(args, x_u8, rows):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for v, style in zip(vs, ("-", "--", ":")):
-        ax.plot(range(1, len(v.losses) + 1), v.losses, style, label=v.name, lw=1.2)
+    styles = {TODAY: ("-", 2.4), HEAP: ((0, (1, 2)), 1.2)}  # HEAP is bit-identical: dotted over a wide line
+    for v, (style, lw) in zip(vs, [styles.get(v.name, (s, 1.2)) for v, s in zip(vs, ("-", "-", "--", ":"))]):
+        ax.plot(range(1, len(v.losses) + 1), v.losses, linestyle=style, label=v.name, lw=lw)
     ax.set_xlabel("step")
     ax.set_ylabel("NT-Xent loss")
     ax.set_title(f"SimCLR ResNet-18 w{args.curve_width}, batch {args.curve_batch}: eager vs compiled")
@@ -240,9 +323,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, the recipes' setting)")
     p.add_argument("--png", default=str(RESULTS / "train_step_curves.png"))
     p.add_argument("--out", default=str(RESULTS / "train_step.json"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one variant (run_worker)
+    p.add_argument("--worker-width", type=int, default=16, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker:
+        return run_worker(args)
     machine = machine_info()
     print_machine(machine)
     x_u8 = make_images(args.n)
@@ -251,8 +338,9 @@ def main(argv=None) -> int:
     if peak:
         rows.append({"row": "matmul peak bf16", "flops_per_s": peak})
         print(f"bf16 matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
+    args.peak = peak
     for w in [int(v) for v in args.widths.split(",") if v.strip()]:
-        bench_width(w, args, x_u8, rows, peak)
+        bench_width(w, args, rows)
         write_json(args.out, machine, args, rows)  # after each part: a long run stopped later keeps what it measured
     if args.curve_steps:
         curves(args, x_u8, rows)

@@ -76,7 +76,11 @@ DEFAULTS: dict = {
               "sync_bn": False,
               # the step's execution (training/compiled.py): auto | none | inductor | aot_eager; auto = inductor
               # on CUDA, eager on a CPU (measured not to pay there: benchmarks/train_step.py)
-              "compile": "auto"},
+              "compile": "auto",
+              # on a CPU (glibc): large blocks from malloc's heap and freed memory kept for the next step instead
+              # of an mmap + page faults per tensor per step (training/heap.py); same arithmetic, 1.3-1.6x steps
+              # (benchmarks/train_step.py); false hands memory back to the system after each peak
+              "reuse_freed_memory": True},
     "export": {"preprocess": {"resize": None, "crop": None, "mean": None, "std": None, "interpolation": "bilinear"},
                "description": ""},
 }

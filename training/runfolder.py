@@ -28,10 +28,11 @@ __all__ = ["RUN_FILES", "LOCK_NAME", "RESUME_MAY_CHANGE", "RunFolderError", "Run
 #: what ``sslzoo train`` writes into its folder (a folder holding any of them holds a run)
 RUN_FILES = ("checkpoint.pt", "config.yaml", "log.csv", "monitor.csv", "export", "tensorboard")
 LOCK_NAME = "train.lock"
-#: recipe fields a resumed run may change: how it is stopped, logged, checkpointed and where data is read from
+#: recipe fields a resumed run may change: how it is stopped, logged, checkpointed, executed (not its arithmetic)
+#: and where data is read from
 RESUME_MAY_CHANGE = (("train", "stop_at_step"), ("train", "threads"), ("train", "checkpoint_minutes"),
-                     ("train", "log_every"), ("train", "tensorboard"), ("train", "compile"), ("data", "root"),
-                     ("data", "download"), ("data", "workers"))
+                     ("train", "log_every"), ("train", "tensorboard"), ("train", "compile"),
+                     ("train", "reuse_freed_memory"), ("data", "root"), ("data", "download"), ("data", "workers"))
 
 
 class RunFolderError(SSLZooError, ValueError):

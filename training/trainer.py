@@ -43,6 +43,7 @@ from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
 from .compiled import CompiledForward, resolve_compile_mode
+from .heap import reuse_freed_memory
 from .config import ConfigError, check_trainable
 from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .filesource import (CropDataset, FileBatches, ResizedImages, augment_cropped, choose_source, default_workers,
@@ -156,6 +157,8 @@ class Trainer:
         if self.world > 1:  # under torchrun: this rank's GPU, when there are GPUs
             self.device = D.device_for_rank(str(self.device))
         t = cfg["train"]
+        if t["reuse_freed_memory"] and self.device.type == "cpu":
+            reuse_freed_memory()  # process-wide: steps reuse freed activations instead of faulting in fresh pages
         if t["threads"]:
             torch.set_num_threads(int(t["threads"]))
         torch.manual_seed(t["seed"])
