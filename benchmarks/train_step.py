@@ -15,8 +15,9 @@ Per width:
 * steady state: ``--repeats`` rounds; in each, every variant runs in a fresh Python process of its own
   (the allocator setting is process-wide, and a fresh process keeps one variant's heap out of another's
   timing): two untimed steps (compilation included), then ``--steps`` timed steps. Images/s per round,
-  the ratio to the eager step of the same round, the median ratio, and per timed step the page faults,
-  system and user CPU seconds;
+  the ratio to the eager step of the same round, the median ratio, per timed step the page faults,
+  system and user CPU seconds, and the worker's peak RSS (the reused heap keeps freed blocks: its peak is
+  the live peak plus what the heap could not reuse);
 * compile time: each variant's first and second step in round 0 (with a warm inductor cache, the first
   compiled step loads the kernels instead of compiling them);
 * op shares (``--profile``): one eager step under ``torch.profiler``: the share of self CPU time in
@@ -144,7 +145,8 @@ def run_worker(args) -> int:
     out.update(images_per_s=args.steps * args.batch / wall, compiled=v.fwd.active,
                user_s_per_step=(r1.ru_utime - r0.ru_utime) / args.steps,
                system_s_per_step=(r1.ru_stime - r0.ru_stime) / args.steps,
-               page_faults_per_step=(r1.ru_minflt - r0.ru_minflt) / args.steps)
+               page_faults_per_step=(r1.ru_minflt - r0.ru_minflt) / args.steps,
+               peak_rss_mib=r1.ru_maxrss / 1024)  # Linux: KiB; the whole process (images, model, steps)
     if args.curve_steps:
         out["losses"] = curve_losses(v, args, x_u8)
     print(json.dumps(out), flush=True)
@@ -231,7 +233,7 @@ def bench_width(width, args, rows):
             continue
         ratios = [a / b for a, b in zip(rates[n], base)]
         per = {k: statistics.median(x[k] for x in runs[n])
-               for k in ("user_s_per_step", "system_s_per_step", "page_faults_per_step")}
+               for k in ("user_s_per_step", "system_s_per_step", "page_faults_per_step", "peak_rss_mib")}
         rows.append({"width": width, "row": n, "batch": B, "steps_per_round": args.steps,
                      "first_step_s": runs[n][0]["first_step_s"], "second_step_s": runs[n][0]["second_step_s"],
                      "compiled": runs[n][0]["compiled"], "images_per_s_rounds": rates[n],
@@ -240,7 +242,7 @@ def bench_width(width, args, rows):
         print(f"w{width:<3} {n:<52} median {statistics.median(rates[n]):8.1f} img/s, ratio to eager "
               f"{statistics.median(ratios):.3f}x (rounds: {', '.join(f'{q:.2f}' for q in ratios)}); per step: "
               f"{per['page_faults_per_step']:.0f} page faults, {per['system_s_per_step']:.3f} s system, "
-              f"{per['user_s_per_step']:.3f} s user", flush=True)
+              f"{per['user_s_per_step']:.3f} s user; peak RSS {per['peak_rss_mib']:.0f} MiB", flush=True)
     if args.profile:
         x_u8 = make_images(args.n)
         profile_shares(width, make_views(x_u8, B, 0), rows, args.peak)

@@ -4,13 +4,14 @@ Why: glibc's ``malloc`` serves every request above its mmap threshold (at most 3
 itself) with a fresh ``mmap`` and gives it back with ``munmap`` when freed. A training step on a CPU
 allocates and frees its activations and their gradients every step -- at ResNet-18 width 16, batch 512,
 32 px, one activation is ``[1024, 16, 32, 32]`` bf16 = 32 MiB -- so every step the kernel maps fresh
-pages, faults each of them in and zeroes it: measured 50,000-90,000 minor page faults and 0.13-0.39 s of
-system time per width-16 step, and a ReLU on such a tensor took 15 ms instead of 4
-(``benchmarks/train_step.py``). With the threshold raised out of reach and the heap never trimmed, a freed
+pages, faults each of them in and zeroes it: measured 95,081 page faults and 0.26 s of system time per
+width-16 step on two cores (1,386,018 and 3.55 s at width 64), and a ReLU on such a tensor took 15 ms
+instead of 4 (``benchmarks/train_step.py``; the step is 1.40x / 1.42x with this setting). With the threshold raised out of reach and the heap never trimmed, a freed
 block is reused by the next step's request of the same size: no system call, no page fault. The
 arithmetic is the same (same kernels on the same values: the losses are bit-identical,
-``tests/test_heap.py``); the cost is that the process keeps its peak heap mapped after a peak instead of
-handing memory back to the system, which a training process, whose steps all peak alike, does not miss.
+``tests/test_heap.py``); the cost is memory: the heap keeps what it could not reuse (a higher peak RSS,
+measured by ``benchmarks/train_step.py``), and the process keeps its peak heap instead of handing memory back
+to the system, which a training process, whose steps all peak alike, does not miss.
 
 The setting is process-wide and stays for the life of the process. Other C libraries (musl, macOS,
 Windows) have no such knob: :func:`reuse_freed_memory` then does nothing and says so by returning False.
