@@ -123,6 +123,11 @@ def variant_names(extras):
     return list(VARIANTS) + (list(EXTRAS) if extras else [])
 
 
+def make_variant(name, width) -> Variant:
+    """The variant called ``name`` (a key of :data:`VARIANTS` or :data:`EXTRAS`), fresh initial weights."""
+    return Variant(name, width, **{**VARIANTS, **EXTRAS}[name])
+
+
 def run_worker(args) -> int:
     """``--worker NAME``: one variant in this (fresh) process: two untimed steps (compilation included), then
     ``--steps`` timed ones; one JSON line with the timings, CPU times and page faults per timed step."""
@@ -132,7 +137,7 @@ def run_worker(args) -> int:
     torch.manual_seed(0)
     x_u8 = make_images(args.n)
     batches = [make_views(x_u8, args.batch, seed) for seed in range(2)]
-    v = Variant(args.worker, args.worker_width, **{**VARIANTS, **EXTRAS}[args.worker])
+    v = make_variant(args.worker, args.worker_width)
     out = {}
     for i, key in enumerate(("first_step_s", "second_step_s")):
         t0 = time.perf_counter()
@@ -148,7 +153,7 @@ def run_worker(args) -> int:
                page_faults_per_step=(r1.ru_minflt - r0.ru_minflt) / args.steps,
                peak_rss_mib=r1.ru_maxrss / 1024)  # Linux: KiB; the whole process (images, model, steps)
     if args.curve_steps:
-        out["losses"] = curve_losses(v, args, x_u8)
+        out["losses"] = curve_losses(args.worker, args, x_u8)
     print(json.dumps(out), flush=True)
     return 0
 
@@ -205,7 +210,7 @@ def profile_shares(width, views, rows, peak_bf16):
           f"of the bf16 matmul peak", flush=True)
 
 
-def bench_width(width, args, rows):
+def bench_width(width, args, x_u8, rows):
     """Interleaved rounds; in each, every variant runs in a fresh process of its own (:func:`in_worker`)."""
     B = args.batch
     names = variant_names(args.extras)
@@ -244,7 +249,6 @@ def bench_width(width, args, rows):
               f"{per['page_faults_per_step']:.0f} page faults, {per['system_s_per_step']:.3f} s system, "
               f"{per['user_s_per_step']:.3f} s user; peak RSS {per['peak_rss_mib']:.0f} MiB", flush=True)
     if args.profile:
-        x_u8 = make_images(args.n)
         profile_shares(width, make_views(x_u8, B, 0), rows, args.peak)
 
 
@@ -257,16 +261,15 @@ def curve_batches(args, x_u8):
         yield tuple(aug(x_u8[idx], g).contiguous(memory_format=torch.channels_last) for _ in range(2))
 
 
-def curve_losses(v, args, x_u8) -> list[float]:
-    """The loss curve of a fresh copy of variant ``v`` (same name and settings, same initial weights)."""
-    v = Variant(v.name, args.curve_width, **{**VARIANTS, **EXTRAS}[v.name])
+def curve_losses(name, args, x_u8) -> list[float]:
+    """The loss curve of a fresh variant ``name`` (same initial weights as every other)."""
+    v = make_variant(name, args.curve_width)
     return [v.step(*views) for views in curve_batches(args, x_u8)]
 
 
 def curves(args, x_u8, rows):
-    vs = [Variant(TODAY, args.curve_width),
-          Variant("inductor bf16 (train.compile=inductor)", args.curve_width, compile_mode="inductor"),
-          Variant("eager fp32", args.curve_width, bf16=False)]
+    here = [TODAY, "inductor bf16 (train.compile=inductor)", "eager fp32"]  # in this process, interleaved
+    vs = [make_variant(n, args.curve_width) for n in here]
     t0 = time.perf_counter()
     for i, views in enumerate(curve_batches(args, x_u8)):
         for v in vs:
@@ -274,23 +277,23 @@ def curves(args, x_u8, rows):
         if i % 20 == 0 or i == args.curve_steps - 1:
             print(f"curve step {i}: " + ", ".join(f"{v.name} {v.losses[-1]:.4f}" for v in vs)
                   + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    losses = {v.name: v.losses for v in vs}
     # the reused heap in a process of its own (process-wide setting), same batches
-    heap = Variant.__new__(Variant)
-    heap.name = HEAP
-    res = in_worker(HEAP, args.curve_width, args, steps=1, curve_steps=args.curve_steps)
-    heap.losses = res.get("losses", [])
-    if heap.losses:
-        vs.insert(1, heap)
-    ref = vs[0].losses
+    heap = in_worker(HEAP, args.curve_width, args, steps=1, curve_steps=args.curve_steps).get("losses")
+    if heap:
+        losses = {TODAY: losses[TODAY], HEAP: heap, **losses}
+    ref = losses[TODAY]
     out = {"row": "loss curves", "width": args.curve_width, "batch": args.curve_batch, "steps": args.curve_steps,
-           "compiled": vs[-2].fwd.active, "curves": {v.name: v.losses for v in vs}}
-    for v in vs[1:]:
-        d = [abs(a - b) for a, b in zip(v.losses, ref)]
-        out[f"max_abs_diff[{v.name}]"] = max(d)
-        out[f"mean_abs_diff[{v.name}]"] = sum(d) / len(d)
-        if v.name == HEAP:
-            out[f"bit_identical[{v.name}]"] = v.losses == ref
-        print(f"curves: max |{v.name} - eager bf16| = {max(d):.4f} (mean {sum(d) / len(d):.4f})", flush=True)
+           "compiled": vs[1].fwd.active, "curves": losses}
+    for name, curve in losses.items():
+        if name == TODAY:
+            continue
+        d = [abs(a - b) for a, b in zip(curve, ref)]
+        out[f"max_abs_diff[{name}]"] = max(d)
+        out[f"mean_abs_diff[{name}]"] = sum(d) / len(d)
+        if name == HEAP:
+            out[f"bit_identical[{name}]"] = curve == ref
+        print(f"curves: max |{name} - eager bf16| = {max(d):.4f} (mean {sum(d) / len(d):.4f})", flush=True)
     rows.append(out)
     import matplotlib
 
@@ -298,9 +301,11 @@ def curves(args, x_u8, rows):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    styles = {TODAY: ("-", 2.4), HEAP: ((0, (1, 2)), 1.2)}  # HEAP is bit-identical: dotted over a wide line
-    for v, (style, lw) in zip(vs, [styles.get(v.name, (s, 1.2)) for v, s in zip(vs, ("-", "-", "--", ":"))]):
-        ax.plot(range(1, len(v.losses) + 1), v.losses, linestyle=style, label=v.name, lw=lw)
+    # the reused heap is bit-identical to today's step: dotted over a wide line
+    styles = {TODAY: ("-", 2.4), HEAP: ((0, (1, 2)), 1.2), "eager fp32": (":", 1.2)}
+    for name, curve in losses.items():
+        style, lw = styles.get(name, ("--", 1.2))
+        ax.plot(range(1, len(curve) + 1), curve, linestyle=style, label=name, lw=lw)
     ax.set_xlabel("step")
     ax.set_ylabel("NT-Xent loss")
     ax.set_title(f"SimCLR ResNet-18 w{args.curve_width}, batch {args.curve_batch}: eager vs compiled")
@@ -342,7 +347,7 @@ def main(argv=None) -> int:
         print(f"bf16 matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
     args.peak = peak
     for w in [int(v) for v in args.widths.split(",") if v.strip()]:
-        bench_width(w, args, rows)
+        bench_width(w, args, x_u8, rows)
         write_json(args.out, machine, args, rows)  # after each part: a long run stopped later keeps what it measured
     if args.curve_steps:
         curves(args, x_u8, rows)

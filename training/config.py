@@ -78,8 +78,8 @@ DEFAULTS: dict = {
               # on CUDA, eager on a CPU (measured not to pay there: benchmarks/train_step.py)
               "compile": "auto",
               # on a CPU (glibc): large blocks from malloc's heap and freed memory kept for the next step instead
-              # of an mmap + page faults per tensor per step (training/heap.py); same arithmetic, 1.3-1.6x steps
-              # (benchmarks/train_step.py); false hands memory back to the system after each peak
+              # of an mmap + page faults per tensor per step (training/heap.py); same arithmetic, steps 1.40x / 1.42x
+              # at widths 16 / 64, higher peak RSS (benchmarks/train_step.py); false hands memory back after each peak
               "reuse_freed_memory": True},
     "export": {"preprocess": {"resize": None, "crop": None, "mean": None, "std": None, "interpolation": "bilinear"},
                "description": ""},

@@ -6,8 +6,8 @@ allocates and frees its activations and their gradients every step -- at ResNet-
 32 px, one activation is ``[1024, 16, 32, 32]`` bf16 = 32 MiB -- so every step the kernel maps fresh
 pages, faults each of them in and zeroes it: measured 95,081 page faults and 0.26 s of system time per
 width-16 step on two cores (1,386,018 and 3.55 s at width 64), and a ReLU on such a tensor took 15 ms
-instead of 4 (``benchmarks/train_step.py``; the step is 1.40x / 1.42x with this setting). With the threshold raised out of reach and the heap never trimmed, a freed
-block is reused by the next step's request of the same size: no system call, no page fault. The
+instead of 4 (``benchmarks/train_step.py``; the step is 1.40x / 1.42x with this setting). With the
+threshold raised out of reach and the heap never trimmed, a freed block is reused by the next step's request of the same size: no system call, no page fault. The
 arithmetic is the same (same kernels on the same values: the losses are bit-identical,
 ``tests/test_heap.py``); the cost is memory: the heap keeps what it could not reuse (a higher peak RSS,
 measured by ``benchmarks/train_step.py``), and the process keeps its peak heap instead of handing memory back
@@ -41,11 +41,11 @@ def reuse_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc only: musl's mallopt is a stub that does nothing
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version")):
+        return False  # glibc only: musl's mallopt is a stub that does nothing
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # the order matters: setting either threshold stops glibc from moving the other one itself
+    # setting a threshold also stops glibc from adjusting the mmap threshold itself after frees
     return bool(mallopt(M_MMAP_THRESHOLD, _NEVER)) and bool(mallopt(M_TRIM_THRESHOLD, _NEVER))

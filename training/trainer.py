@@ -43,11 +43,11 @@ from zoo.preprocess import resize_normalise
 
 from .augmentation import ViewAugment
 from .compiled import CompiledForward, resolve_compile_mode
-from .heap import reuse_freed_memory
 from .config import ConfigError, check_trainable
 from .datacentric.subsets import SubsetError, check_indices, read_subset_file
 from .filesource import (CropDataset, FileBatches, ResizedImages, augment_cropped, choose_source, default_workers,
                          epoch_permutation, view_crops)
+from .heap import reuse_freed_memory
 from .distributed import broadcast_state_, convert_sync_batchnorm, wrap_ddp
 from .methods import METHODS
 from .optim import build_optimizer, cosine_value, lr_multiplier, warmup_cosine
