@@ -270,13 +270,19 @@ def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers
     results = [None] * len(tasks)
     bar = tqdm(total=sum(c for c, _ in tasks), desc=desc, unit="work", dynamic_ncols=True, leave=False,
                bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
+    left = len(tasks)
+
+    def advance(i):  # by task i's cost; the last task lands on the total exactly (float costs summed in another
+        nonlocal left  # order can overshoot it by a rounding error: tqdm warns and shows a negative time left)
+        left -= 1
+        bar.update(tasks[i][0] if left else bar.total - bar.n)
     try:
         if workers == 1:
             torch.set_num_threads(1)  # nested groups (the linear grid's, eval.solver.run_parallel) in turn too
             with one_thread():
                 for i in order:
                     results[i] = tasks[i][1]()
-                    bar.update(tasks[i][0])
+                    advance(i)
             return results
         if processes:
             import multiprocessing as mp
@@ -294,7 +300,7 @@ def run_tasks(tasks: list[tuple[float, callable]], desc: str = "probes", workers
             for fut in as_completed(futures):
                 i = futures[fut]
                 results[i] = fut.result()  # re-raises a task's error here
-                bar.update(tasks[i][0])
+                advance(i)
         return results
     finally:
         _FORKED_TASKS = []

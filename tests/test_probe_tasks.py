@@ -118,3 +118,23 @@ def test_grouped_selection_same_bits_at_one_and_two_threads():
     assert out[1][:2] == out[2][:2]
     assert torch.equal(out[1][2], out[2][2]) and torch.equal(out[1][3], out[2][3])
     assert solver.thread_budget() == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_ends_on_its_total_whatever_the_order_of_float_costs(workers, monkeypatch):
+    # run costliest first, these costs sum to more than their total in task order (float rounding): the bar
+    # must still end on its total (past it, tqdm warns "clamping frac" and shows a negative time left)
+    import eval.run as R
+
+    costs = [0.3101475693193326, 0.7298317482601286, 0.8988382879679935, 0.6839839319154413]
+    assert sum(sorted(costs, reverse=True)) > sum(costs)
+    ends = []
+
+    class Bar(R.tqdm):
+        def close(self):
+            ends.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(R, "tqdm", Bar)
+    assert run_tasks([(c, lambda c=c: c) for c in costs], workers=workers, processes=False) == costs
+    assert ends[0] == (sum(costs), sum(costs))  # (tqdm may close again when collected)
