@@ -34,12 +34,18 @@ __all__ = [
     "TOL_CHANGE",
     "fit_logreg_batch",
     "fit_logreg_spectral",
+    "gram",
     "logreg_objective",
     "one_thread",
     "single_threaded",
     "precond_kappa",
     "spectral_basis",
     "run_parallel",
+    "ROW_PARTS",
+    "ROW_PART_MIN_ROWS",
+    "even_parts",
+    "row_parts",
+    "rotate_rows",
     "thread_budget",
     "stacked_predict",
 ]
@@ -57,6 +63,26 @@ MAX_LINE_SEARCH = 25
 TOL_CHANGE = 1e-10
 #: Rows of ``X`` per block in the objective: ~4 MiB, so a block is read from RAM once.
 ROW_CHUNK_BYTES = 4 << 20
+#: A design with many rows is cut into at most this many contiguous parts of rows, each of at least
+#: :data:`ROW_PART_MIN_ROWS` rows (:func:`row_parts`). Every product over the rows -- the objective and its
+#: gradient, the covariance and the rotation of the spectral basis -- is computed part by part, each part on
+#: one thread, the parts side by side when threads are free (:func:`run_parallel`), and their sums added in
+#: part order. The cut depends on the row count alone, so the bits are the same at one thread and at many;
+#: a design below ``2 * ROW_PART_MIN_ROWS`` rows is one part and is computed exactly as before the cut existed.
+ROW_PARTS = 4
+ROW_PART_MIN_ROWS = 8192
+
+
+def even_parts(n: int, k: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds of ``k`` contiguous, nearly equal, non-empty parts of ``range(n)`` (fewer when ``n < k``)."""
+    k = max(1, min(int(k), n))
+    edges = [round(i * n / k) for i in range(k + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(k) if edges[i + 1] > edges[i]]
+
+
+def row_parts(n: int) -> list[tuple[int, int]]:
+    """The parts of a design with ``n`` rows (see :data:`ROW_PARTS`); always at least one, ``[(0, n)]``."""
+    return even_parts(n, min(ROW_PARTS, n // ROW_PART_MIN_ROWS)) or [(0, n)]
 
 
 @contextlib.contextmanager
@@ -142,6 +168,40 @@ def _softmax_minus_onehot(Z, y_index, oh):
     return ce, G
 
 
+def _row_blocks(X, y, lo, hi, step):
+    """``(start, X rows, y rows)`` blocks of ``step`` rows covering rows ``[lo, hi)``."""
+    for s in range(lo, hi, step):
+        e = min(s + step, hi)
+        yield s, X[s:e], y[s:e]
+
+
+def _objective_rows(blocks, N, C, Wm, bm, onehot_t, weight):
+    """The data term of :func:`logreg_objective` summed over ``blocks`` (``(start, X rows, y rows)``) of a
+    design with ``N`` rows: ``loss [A]`` (float64), ``gW [A*C, D]``, ``gb [A*C]``."""
+    AC, D = Wm.shape
+    A = AC // C
+    gW = torch.zeros(AC, D, device=Wm.device)
+    gb = torch.zeros(AC, device=Wm.device)
+    loss = torch.zeros(A, dtype=torch.float64, device=Wm.device)
+    for s, Xc, yc in blocks:
+        n = Xc.shape[0]
+        Z = torch.addmm(bm, Wm, Xc.t()).view(A, C, n)
+        oh = (onehot_t[:, s:s + n] if onehot_t is not None
+              else F.one_hot(yc, C).to(torch.float32).t()).unsqueeze(0)         # [1, C, n]
+        ce, G = _softmax_minus_onehot(Z, yc.view(1, 1, n).expand(A, 1, n), oh)
+        if weight is None:
+            loss += ce.sum(1, dtype=torch.float64) / N
+            G.mul_(1.0 / N)
+        else:
+            wc = weight[:, s:s + n]
+            loss += (ce.double() * wc.double()).sum(1)
+            G.mul_(wc.unsqueeze(1))
+        G = G.view(AC, n)
+        gW.addmm_(G, Xc)
+        gb += G.sum(1)
+    return loss, gW, gb
+
+
 def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
     """Objectives and gradients of ``A`` independent multinomial logistic regressions on shared ``X``.
 
@@ -153,7 +213,8 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
 
     Logits are computed as ``W X^T`` (``[A*C, rows]``, faster than ``X W^T`` for few classes) block
     by block over the rows, so each block of ``X`` serves the forward and the backward product while
-    it is still in cache. Cross-entropy and gradient are computed from the logit differences to the
+    it is still in cache; a design of many rows is summed part by part (:func:`row_parts`), the parts side by
+    side when threads are free. Cross-entropy and gradient are computed from the logit differences to the
     true class, which keeps their relative precision for confidently classified points (separable
     data, weak regularisation: losses of 1e-6 and below), where ``lse - z_y`` would cancel in float32.
 
@@ -172,30 +233,15 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
     else:
         N = X.shape[0]
         Wm, bm = W.reshape(A * C, D), b.reshape(A * C, 1)
-        gW = torch.zeros(A * C, D, device=X.device)
-        gb = torch.zeros(A * C, device=X.device)
-        loss = torch.zeros(A, dtype=torch.float64, device=X.device)
         step = max(256, ROW_CHUNK_BYTES // (4 * max(D, 1)))
         if hasattr(X, "blocks"):  # a row source on disk (eval.stream_probes.RowSource): read block by block
-            blocks = X.blocks(step)
+            loss, gW, gb = _objective_rows(X.blocks(step), N, C, Wm, bm, onehot_t, weight)
         else:
-            blocks = ((s, X[s:s + step], y[s:s + step]) for s in range(0, N, step))
-        for s, Xc, yc in blocks:
-            n = Xc.shape[0]
-            Z = torch.addmm(bm, Wm, Xc.t()).view(A, C, n)
-            oh = (onehot_t[:, s:s + n] if onehot_t is not None
-                  else F.one_hot(yc, C).to(torch.float32).t()).unsqueeze(0)     # [1, C, n]
-            ce, G = _softmax_minus_onehot(Z, yc.view(1, 1, n).expand(A, 1, n), oh)
-            if weight is None:
-                loss += ce.sum(1, dtype=torch.float64) / N
-                G.mul_(1.0 / N)
-            else:
-                wc = weight[:, s:s + step]
-                loss += (ce.double() * wc.double()).sum(1)
-                G.mul_(wc.unsqueeze(1))
-            G = G.view(A * C, n)
-            gW.addmm_(G, Xc)
-            gb += G.sum(1)
+            parts = run_parallel([functools.partial(_objective_rows, _row_blocks(X, y, lo, hi, step), N, C, Wm, bm,
+                                                    onehot_t, weight) for lo, hi in row_parts(N)])
+            loss, gW, gb = parts[0]
+            for part in parts[1:]:                                              # in part order: fixed bits
+                loss, gW, gb = loss + part[0], gW.add_(part[1]), gb.add_(part[2])
         gW, gb = gW.view(A, C, D), gb.view(A, C)
     reg = W * penalty.unsqueeze(1)
     gW.add_(reg)
@@ -206,7 +252,7 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
 @torch.no_grad()
 @single_threaded
 def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float, max_iter: int,
-                      init=None, history: int = LBFGS_HISTORY, precond=None,
+                      init=None, history: int = LBFGS_HISTORY, precond=None, precond_basis=None,
                       rotation=None, design=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``P`` independent multinomial logistic regressions that share the design matrix ``X``.
 
@@ -229,7 +275,10 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
 
     ``precond`` (``[P, C*D + C]``, positive) is a diagonal initial inverse Hessian per problem: the
     two-loop recursion starts from ``gamma * diag(precond)`` instead of ``gamma * I`` (preconditioned
-    L-BFGS; ``gamma = s'y / y'My``). ``rotation`` (``[D, D]`` orthogonal ``U``) says that ``X`` holds
+    L-BFGS; ``gamma = s'y / y'My``). With ``precond_basis`` (``[D, D]`` orthogonal ``U``) the weights' part of
+    ``precond`` is the diagonal in the coordinates ``w U`` of each class row: the initial inverse Hessian is
+    ``U diag(m) U'`` per class row (three ``[A*C, D] x [D, D]`` products per iteration), which is what the
+    diagonal ``precond`` is on rotated features ``X U``, without rotating ``X``. ``rotation`` (``[D, D]`` orthogonal ``U``) says that ``X`` holds
     rotated features ``X0 U``: the gradient test is then made on the weights in the original
     coordinates (``gW U'``), so the stopping rule is the unrotated problem's. See
     :func:`fit_logreg_spectral`.
@@ -287,6 +336,23 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         M = torch.as_tensor(precond, dtype=torch.float32, device=dev)
         if M.shape != (P, n) or not bool((M > 0).all()):
             raise ValueError(f"precond must be positive and [{P}, {n}], got {tuple(M.shape)}")
+    Ub = None
+    if precond_basis is not None:
+        Ub = torch.as_tensor(precond_basis, dtype=torch.float32, device=dev)
+        if M is None or Ub.shape != (D, D) or rotation is not None or design is not None:
+            raise ValueError("precond_basis needs precond, a [D, D] basis, no rotation and a shared design")
+
+    def apply_h0(v, M_):  # the initial inverse Hessian (without gamma) times v [A, n], in the basis Ub
+        A_ = v.shape[0]
+        w = (v[:, :nW].reshape(A_ * C, D) @ Ub).mul_(M_[:, :nW].reshape(A_ * C, D))
+        return torch.cat([(w @ Ub.t()).view(A_, nW), v[:, nW:] * M_[:, nW:]], 1)
+
+    def h0_norm(v, M_):  # v' H0 v
+        if Ub is None:
+            return vdot(v, v * M_)
+        A_ = v.shape[0]
+        w = v[:, :nW].reshape(A_ * C, D) @ Ub
+        return ((w * w).view(A_, nW) * M_[:, :nW]).sum(1) + (v[:, nW:] ** 2 * M_[:, nW:]).sum(1)
 
     def converged(g_):  # max-abs gradient <= tol, in the original coordinates when X is rotated
         if rotation is None:
@@ -334,7 +400,10 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
             a = rho[s] * vdot(S[s], d)
             d.addcmul_(a.unsqueeze(1), Y[s], value=-1.0)
             alpha.append(a)
-        d.mul_(gamma.unsqueeze(1) if M is None else gamma.unsqueeze(1) * M)
+        if Ub is None:
+            d.mul_(gamma.unsqueeze(1) if M is None else gamma.unsqueeze(1) * M)
+        else:
+            d = apply_h0(d, M).mul_(gamma.unsqueeze(1))
         for s, a in zip(reversed(slots), reversed(alpha)):
             d.addcmul_((a - rho[s] * vdot(Y[s], d)).unsqueeze(1), S[s])
         gtd = vdot(g, d)
@@ -398,7 +467,7 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         else:
             failed = torch.zeros(A, dtype=torch.bool, device=dev)
         sy = vdot(s_vec, y_vec)
-        yy = vdot(y_vec, y_vec) if M is None else vdot(y_vec, y_vec * M)
+        yy = vdot(y_vec, y_vec) if M is None else h0_norm(y_vec, M)
         valid = (sy > 1e-10) & ~failed
         rho[slot] = torch.where(valid, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
         gamma = torch.where(valid, sy / yy.clamp_min(1e-30), gamma)
@@ -421,7 +490,7 @@ def precond_kappa(num_classes: int) -> float:
 @torch.no_grad()
 @single_threaded
 def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: int, init=None,
-                        precondition: bool = True):
+                        precondition: bool = True, basis=None):
     """:func:`fit_logreg_batch` for ``P`` problems with a scalar ``l2`` each (uniform row weights),
     solved in the eigenbasis of ``X'X / N`` with a diagonal preconditioner; same objectives, same
     minimisers, same stopping rule (the gradient test is made in the original coordinates).
@@ -441,15 +510,15 @@ def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: in
     at the cost of ``N``-wide instead of ``D``-wide steps: the few-shot fits use it, keeping the answers
     of the plain solver where weakly regularised fits on separable supports stop (at ``tol``) before
     their predictions settle.
+    ``basis``: ``spectral_basis(X)`` when the caller has it already (e.g. shared by several calls on ``X``).
     Returns ``W [P, C, D]`` (original coordinates) and ``b [P, C]``.
     """
     N, D = X.shape
     C = int(num_classes)
     l2s = torch.as_tensor(l2s, dtype=torch.float32, device=X.device).reshape(-1)
     P = l2s.numel()
-    evals, U = spectral_basis(X)                # U [D, r]: r = D, or N when N < D (the row span)
+    evals, U = spectral_basis(X) if basis is None else basis  # U [D, r]: r = D, or N when N < D (the row span)
     r = U.shape[1]
-    Xr = X @ U
     M = None
     if precondition:
         kappa = precond_kappa(C)
@@ -457,6 +526,12 @@ def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: in
         M = torch.cat([mw.unsqueeze(1).expand(P, C, r).reshape(P, C * r),
                        torch.full((P, C), 1.0 / kappa, device=X.device)], 1)
         M = M / M[:, :C * r].mean(1, keepdim=True)  # scale is L-BFGS's business (gamma); keep d ~ g at the start
+    if M is not None and r == D:
+        # A full basis: precondition in it rather than rotate the rows (saves the [N, D] x [D, D] product X U;
+        # the same method -- only the first step's length, scaled by the direction's l1 norm, is taken in the
+        # original coordinates).
+        return fit_logreg_batch(X, y, C, l2s, tol=tol, max_iter=max_iter, init=init, precond=M, precond_basis=U)
+    Xr = rotate_rows(X, U)
     init_r = None if init is None else (init[0] @ U, init[1])
     Wr, b = fit_logreg_batch(Xr, y, C, l2s, tol=tol, max_iter=max_iter, init=init_r, precond=M, rotation=U)
     return Wr @ U.t(), b
@@ -474,11 +549,38 @@ def spectral_basis(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``O(D^3)``, and an ``N x N`` problem per L-BFGS step instead of a ``D``-wide one."""
     N, D = X.shape
     if N >= D or N == 0:
-        evals, U = torch.linalg.eigh((X.t() @ X).double() / max(N, 1))
+        evals, U = torch.linalg.eigh(gram(X) / max(N, 1))
         return evals, U.to(torch.float32)
     Q, R = torch.linalg.qr(X.t().double())                 # X' = Q R, Q [D, N] orthonormal columns
     evals, E = torch.linalg.eigh(R @ R.t() / N)            # covariance of X Q = R'
     return evals, (Q @ E).to(torch.float32)
+
+
+@single_threaded
+def gram(X: torch.Tensor) -> torch.Tensor:
+    """``X'X`` (float64 ``[D, D]``) of ``X [N, D]``: float32 products per row part (:func:`row_parts`), summed in
+    float64 in part order."""
+    parts = run_parallel([functools.partial(_part_gram, X[lo:hi]) for lo, hi in row_parts(X.shape[0])])
+    out = parts[0]
+    for part in parts[1:]:
+        out += part
+    return out
+
+
+def _part_gram(Xp: torch.Tensor) -> torch.Tensor:
+    return (Xp.t() @ Xp).double()
+
+
+@single_threaded
+def rotate_rows(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """``X @ U``, row part by row part (:func:`row_parts`): each row is the same float32 product whatever the
+    thread count."""
+    parts = row_parts(X.shape[0])
+    if len(parts) == 1:
+        return X @ U
+    out = X.new_empty(X.shape[0], U.shape[1])
+    run_parallel([functools.partial(torch.matmul, X[lo:hi], U, out=out[lo:hi]) for lo, hi in parts])
+    return out
 
 
 def stacked_predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

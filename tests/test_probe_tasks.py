@@ -109,7 +109,7 @@ def test_grouped_selection_same_bits_at_one_and_two_threads():
     try:
         for th in (1, 2):
             torch.set_num_threads(th)
-            best, accs, (W, b, _, _) = probes.select_l2(x[:300], y[:300], x[300:], y[300:], 5,
+            best, accs, (W, b, _, _), _ = probes.select_l2(x[:300], y[:300], x[300:], y[300:], 5,
                                                         [1e-4, 1e-2, 1.0, 10.0], 80)
             out[th] = (best, accs, W.clone(), b.clone())
             assert torch.get_num_threads() == th

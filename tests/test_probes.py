@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -425,9 +426,9 @@ def test_test_data_never_used_for_selection(monkeypatch):
     events = []
     orig_fit, orig_score = LinearProbe.fit, LinearProbe.score
 
-    def spy_fit(self, X, Y, init=None):
+    def spy_fit(self, X, Y, **kwargs):
         events.append(("fit", X.shape[0], self.l2))
-        return orig_fit(self, X, Y, init=init)
+        return orig_fit(self, X, Y, **kwargs)
 
     def spy_score(self, X, Y):
         events.append(("score", "test" if X.data_ptr() == xte.data_ptr() else "val", self.l2))
@@ -749,3 +750,44 @@ def test_probes_bit_identical_at_1_and_2_threads():
     (l1, f1, k1, W1), (l2, f2, k2, W2) = out[1], out[2]
     assert l1 == l2 and f1 == f2 and k1 == k2
     assert torch.equal(W1[0], W2[0]) and torch.equal(W1[1], W2[1])
+
+
+def test_large_designs_are_cut_into_row_parts_with_the_same_bits_at_1_and_2_threads():
+    """A design of >= 2 * ROW_PART_MIN_ROWS rows is summed part by part (eval.solver.row_parts), the parts side
+    by side on two threads; the cut depends on the row count only, so the linear probe, the standardiser and
+    the objective are the same bits at 1 and 2 threads -- and they are the float64 answers to float32 rounding."""
+    n = solver.ROW_PARTS * solver.ROW_PART_MIN_ROWS + 4001
+    assert len(solver.row_parts(n)) == solver.ROW_PARTS and solver.row_parts(n)[-1][1] == n
+    x, y, xt, yt = _det_data(n=n, nt=500, d=24, c=5)
+    x = x * np.linspace(0.5, 3.0, 24, dtype=np.float32) + 7.0         # unstandardised: mean 7, spread scales
+    X, Y = torch.as_tensor(x), torch.as_tensor(y)
+    W = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(0)) * 0.1
+    b = torch.zeros(2, 5)
+    onehot_t = F.one_hot(Y, 5).float().t().contiguous()
+    pen = torch.full((2, 24), 1e-3)
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            lin = probes.linear_probe(x, y, xt, yt, l2_grid=[1e-3, 1e-1, 10.0], max_iter=40)
+            stats = probes.standardiser(X)
+            with solver.one_thread():
+                obj = solver.logreg_objective(X, Y, onehot_t, W, b, pen, None)
+            out[th] = (lin, stats, obj)
+    finally:
+        torch.set_num_threads(before)
+    (l1, s1, o1), (l2, s2, o2) = out[1], out[2]
+    assert l1 == l2
+    assert all(torch.equal(a, c) for a, c in zip(s1, s2)) and all(torch.equal(a, c) for a, c in zip(o1, o2))
+    X64 = X.double()
+    assert torch.allclose(s1[0].double(), X64.mean(0), rtol=1e-6)
+    assert torch.allclose(s1[1].double(), X64.std(0, unbiased=False), rtol=1e-5)
+    # the objective against a float64 evaluation of the same formula
+    Z = torch.einsum("acd,nd->anc", W.double(), X64) + b.double().unsqueeze(1)
+    ce = (torch.logsumexp(Z, 2) - Z.gather(2, Y.view(1, -1, 1).expand(2, -1, 1)).squeeze(2)).mean(1)
+    ref = ce + 0.5 * 1e-3 * (W.double() ** 2).sum((1, 2))
+    assert torch.allclose(o1[0], ref, rtol=1e-6)
+    G = (Z.softmax(2) - F.one_hot(Y, 5).double().unsqueeze(0)) / n
+    gW = torch.einsum("anc,nd->acd", G, X64) + 1e-3 * W.double()
+    assert torch.allclose(o1[1].double(), gW, atol=1e-6) and torch.allclose(o1[2].double(), G.sum(1), atol=1e-6)
