@@ -69,8 +69,10 @@ __all__ = [
     "linear_probe",
     "select_groups",
     "select_l2",
+    "standardise_rows",
     "standardiser",
     "stratified_split",
+    "take_rows",
 ]
 
 #: Default regularisation grid: 1e-6 ... 10, one value per decade (8 values). On standardised
@@ -223,6 +225,31 @@ def standardiser(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
 
 
+def standardise_rows(X: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(X - mean) / std`` into a new tensor; a design of several row parts (:func:`eval.solver.row_parts`) part by
+    part, side by side when threads are free (elementwise: the same bits either way)."""
+    parts = row_parts(X.shape[0])
+    if len(parts) == 1:
+        return (X - mean).div_(std)  # in place: a second [N, D] buffer would cost its page faults
+    out = torch.empty_like(X)
+    run_parallel([functools.partial(_standardise_into, X[lo:hi], mean, std, out[lo:hi]) for lo, hi in parts])
+    return out
+
+
+def _standardise_into(x, mean, std, out):
+    torch.sub(x, mean, out=out).div_(std)
+
+
+def take_rows(X: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``X[idx]``; many rows are copied in row parts side by side (a copy: the same bits)."""
+    parts = row_parts(idx.numel())
+    if len(parts) == 1:
+        return X[idx]
+    out = X.new_empty(idx.numel(), *X.shape[1:])
+    run_parallel([functools.partial(torch.index_select, X, 0, idx[lo:hi], out=out[lo:hi]) for lo, hi in parts])
+    return out
+
+
 def _part_moments(Xp: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     """Rows, column means (float64) and column sums of squared deviations from them (float64) of ``Xp``."""
     n, D = Xp.shape
@@ -256,7 +283,7 @@ class LinearProbe:
         if self.mean_ is None:
             raise RuntimeError("LinearProbe is not fitted; call fit first")
         X = _as_features(X, device=self.mean_.device)
-        return (X - self.mean_).div_(self.std_)  # in place: a second [N, D] buffer costs its page faults
+        return standardise_rows(X, self.mean_, self.std_)
 
     def fit(self, X, y, init=None, stats=None, basis=None) -> LinearProbe:
         """``stats``: ``standardiser(X)`` when the caller has it already; ``init``, ``basis``: see :func:`fit_logreg`."""
@@ -334,7 +361,7 @@ def select_l2(fit_x, fit_y, val_x, val_y, num_classes, grid, max_iter, spectral=
     :data:`SELECT_TOL` / ``min(max_iter, SELECT_MAX_ITER)``.
     """
     mean, std = standardiser(fit_x)
-    xs = (fit_x - mean).div_(std)
+    xs = standardise_rows(fit_x, mean, std)
     # A design of several row parts is computed part-parallel (eval.solver.row_parts): one stacked problem.
     # A smaller one is solved as SELECT_GROUPS groups of candidates side by side, sharing one basis.
     groups = select_groups(len(grid)) if len(row_parts(xs.shape[0])) == 1 else [(0, len(grid))]
@@ -394,7 +421,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     if val_idx.size == 0:
         raise ValueError("validation split is empty: every class has fewer than 2 training examples")
     fit_idx_t, val_idx_t = torch.as_tensor(fit_idx, device=dev), torch.as_tensor(val_idx, device=dev)
-    best, accs, selected, basis = select_l2(train_x[fit_idx_t], train_y[fit_idx_t], train_x[val_idx_t],
+    best, accs, selected, basis = select_l2(take_rows(train_x, fit_idx_t), train_y[fit_idx_t], train_x[val_idx_t],
                                             train_y[val_idx_t], C, grid, max_iter, spectral=spectral)
     l2 = grid[best]
 
