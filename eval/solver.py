@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -137,10 +138,28 @@ def run_parallel(fns, workers: int | None = None) -> list:
             return [fn() for fn in fns]
     n = torch.get_num_threads()
     try:
-        with ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            return [f.result() for f in [pool.submit(fn) for fn in fns]]
+        pool = _pool(workers)
+        return [f.result() for f in [pool.submit(fn) for fn in fns]]
     finally:
         torch.set_num_threads(n)  # the BLAS thread count may be shared with the workers'
+
+
+_pools: dict = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads with one intra-op thread each, kept for the process: the objective of a
+    many-row design calls :func:`run_parallel` once per evaluation, and new threads each time re-create the BLAS
+    library's per-thread state (measured 3-15% of an evaluation). Keyed by the process id: a forked child
+    (``eval.run``'s task workers) does not inherit the parent's threads and starts its own pool."""
+    key = (os.getpid(), workers)
+    pool = _pools.get(key)
+    if pool is None:
+        for k in [k for k in _pools if k[0] != key[0]]:
+            del _pools[k]                      # a parent's pools: their threads do not exist in this process
+        pool = _pools[key] = ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
+                                                initargs=(1,), thread_name_prefix="sslzoo-rows")
+    return pool
 
 
 def single_threaded(fn):

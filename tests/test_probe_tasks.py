@@ -138,3 +138,18 @@ def test_progress_ends_on_its_total_whatever_the_order_of_float_costs(workers, m
     monkeypatch.setattr(R, "tqdm", Bar)
     assert run_tasks([(c, lambda c=c: c) for c in costs], workers=workers, processes=False) == costs
     assert ends[0] == (sum(costs), sum(costs))  # (tqdm may close again when collected)
+
+
+def _sum_in_parts(_=None):
+    with solver.one_thread():
+        return solver.run_parallel([lambda i=i: i * i for i in range(4)], workers=2)
+
+
+def test_run_parallel_pool_works_after_fork():
+    """run_parallel keeps its worker threads for the process; a forked child (eval.run's task workers) must not
+    submit to the parent's threads, which do not exist in the child (it would wait forever)."""
+    import multiprocessing as mp
+
+    assert _sum_in_parts() == [0, 1, 4, 9]          # the parent's pool exists now
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_sum_in_parts).get(timeout=60) == [0, 1, 4, 9]
