@@ -366,16 +366,15 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
             raise ValueError("precond_basis needs precond, a [D, D] basis, no rotation and a shared design")
 
     def apply_h0(v, M_):  # the initial inverse Hessian (without gamma) times v [A, n], in the basis Ub
-        A_ = v.shape[0]
-        w = (v[:, :nW].reshape(A_ * C, D) @ Ub).mul_(M_[:, :nW].reshape(A_ * C, D))
-        return torch.cat([(w @ Ub.t()).view(A_, nW), v[:, nW:] * M_[:, nW:]], 1)
+        # problems split in two fixed halves, side by side when threads are free: [A*C, D] x [D, D] products
+        return torch.cat(run_parallel([functools.partial(_h0_apply, v[lo:hi], M_[lo:hi], Ub, C)
+                                       for lo, hi in even_parts(v.shape[0], 2)]))
 
     def h0_norm(v, M_):  # v' H0 v
         if Ub is None:
             return vdot(v, v * M_)
-        A_ = v.shape[0]
-        w = v[:, :nW].reshape(A_ * C, D) @ Ub
-        return ((w * w).view(A_, nW) * M_[:, :nW]).sum(1) + (v[:, nW:] ** 2 * M_[:, nW:]).sum(1)
+        return torch.cat(run_parallel([functools.partial(_h0_norm, v[lo:hi], M_[lo:hi], Ub, C)
+                                       for lo, hi in even_parts(v.shape[0], 2)]))
 
     def converged(g_):  # max-abs gradient <= tol, in the original coordinates when X is rotated
         if rotation is None:
@@ -501,6 +500,22 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         done = failed | converged(g) | (s_vec.abs().amax(1) <= TOL_CHANGE)
     out[ids] = theta
     return out[:, :nW].reshape(P, C, D), out[:, nW:].contiguous()
+
+
+def _h0_apply(v, M, U, C):
+    """``U diag(m) U'`` per class row of the weights, ``diag`` on the biases: ``v [A, C*D + C]``, ``M`` alike."""
+    A, D = v.shape[0], U.shape[0]
+    nW = C * D
+    w = (v[:, :nW].reshape(A * C, D) @ U).mul_(M[:, :nW].reshape(A * C, D))
+    return torch.cat([(w @ U.t()).view(A, nW), v[:, nW:] * M[:, nW:]], 1)
+
+
+def _h0_norm(v, M, U, C):
+    """``v' H0 v`` per problem for :func:`_h0_apply`'s ``H0``."""
+    A, D = v.shape[0], U.shape[0]
+    nW = C * D
+    w = v[:, :nW].reshape(A * C, D) @ U
+    return ((w * w).view(A, nW) * M[:, :nW]).sum(1) + (v[:, nW:] ** 2 * M[:, nW:]).sum(1)
 
 
 def precond_kappa(num_classes: int) -> float:
