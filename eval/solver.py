@@ -178,17 +178,13 @@ def _softmax_minus_onehot(Z, y_index, oh):
     Without cancellation: with d_c = z_c - z_y, CE = softplus(logsumexp_{c != y} d_c) and softmax_c =
     exp(d_c - CE) for c != y, softmax_y - 1 = -sum of those. The textbook lse - z_y (and softmax_y - 1)
     lose all digits in float32 once a point is classified with a margin, which stalls the weakly
-    regularised fits on separable data. One exponential per logit: with m = max_{c != y} d_c and
-    S = sum_{c != y} exp(d_c - m), logsumexp = m + log S and softmax_c = exp(d_c - m) * exp(m - CE)."""
+    regularised fits on separable data."""
     Z.sub_(Z.gather(1, y_index))                                                # d = z - z_y
     Z.masked_fill_(oh.bool(), float("-inf"))
-    m = Z.amax(1, keepdim=True).clamp_min_(-3e38)                              # finite when C = 1
-    S = Z.sub_(m).exp_().sum(1, keepdim=True)                                   # exp(d - m), 0 at y
-    ce = F.softplus(m + S.log())                                                # [A, 1, n]
-    scale = (m - ce).exp_()
-    G = Z.mul_(scale)                                                           # softmax, 0 at y
-    G.scatter_(1, y_index.expand(G.shape[0], 1, -1), S.mul_(scale).neg_())      # softmax_y - 1
-    return ce.squeeze(1), G
+    ce = F.softplus(torch.logsumexp(Z, dim=1))                                  # [A, n]
+    G = Z.sub_(ce.unsqueeze(1)).exp_()                                          # softmax, 0 at y
+    G.sub_(oh * G.sum(1, keepdim=True))                                         # softmax - onehot
+    return ce, G
 
 
 def _row_blocks(X, y, lo, hi, step):
