@@ -15,6 +15,7 @@ the machine slow both runs: the load average before and after each run is in the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -39,11 +40,16 @@ def export(ref: str, dest: Path) -> str:
 
 
 def timed_eval(code: Path, args: list[str], *, threads: int | None = None, timeout: float = 7200,
-               python: str = sys.executable) -> dict:
+               python: str = sys.executable, home: str | None = None) -> dict:
     """``python -m training eval ARGS`` with ``code`` first on the path and a fresh empty ``$SSLZOO_HOME``;
     wall seconds, peak RSS of the child, exit status, the table rows (``--out table.json``) and the
-    load average before and after."""
-    with tempfile.TemporaryDirectory(prefix="sslzoo-home-") as home:
+    load average before and after. ``home``: an empty folder to use as ``$SSLZOO_HOME`` and keep (its cached
+    features, e.g. to look into a table cell afterwards) instead of a temporary one."""
+    if home is not None:
+        Path(home).mkdir(parents=True, exist_ok=True)
+        if any(Path(home).iterdir()):
+            raise SystemExit(f"--home {home} is not empty: the run must start from an empty $SSLZOO_HOME")
+    with (contextlib.nullcontext(home) if home is not None else tempfile.TemporaryDirectory(prefix="sslzoo-home-")) as home:
         env = dict(os.environ, SSLZOO_HOME=home, PYTHONPATH=str(code), PYTHONHASHSEED="0")
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -95,6 +101,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both runs (default: torch's)")
     ap.add_argument("--args", default="", help="extra `sslzoo eval` arguments (default: none = the main job)")
     ap.add_argument("--timeout", type=float, default=7200)
+    ap.add_argument("--old-result-run", choices=("old", "new"), default="old",
+                    help="which run of --old-result to reuse as OLD (new: e.g. the run behind the README's table)")
+    ap.add_argument("--home", default=None, help="an empty folder kept as the NEW run's $SSLZOO_HOME (default: a "
+                                                  "temporary one)")
     ap.add_argument("--out", default=str(RESULTS / "main_job.json"))
     args = ap.parse_args(argv)
     base = args.base or subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
@@ -104,8 +114,8 @@ def main(argv=None) -> int:
     eval_args = args.args.split()
     runs = {}
     if args.old_result:
-        runs["old"] = json.loads(Path(args.old_result).read_text())["results"][0]["runs"]["old"]
-        runs["old"]["reused_from"] = args.old_result
+        runs["old"] = json.loads(Path(args.old_result).read_text())["results"][0]["runs"][args.old_result_run]
+        runs["old"]["reused_from"] = f"{args.old_result} ({args.old_result_run} run)"
     with tempfile.TemporaryDirectory(prefix="sslzoo-mainjob-") as tmp:
         todo = [w for w in ("old", "new") if args.only in ("both", w) and w not in runs]
         for which in todo:
@@ -113,7 +123,8 @@ def main(argv=None) -> int:
             code = Path(tmp) / which
             sha = export(ref, code)
             print(f"{which}: {sha[:12]} -> sslzoo eval {' '.join(eval_args)}", flush=True)
-            r = timed_eval(code, eval_args, threads=args.threads, timeout=args.timeout)
+            r = timed_eval(code, eval_args, threads=args.threads, timeout=args.timeout,
+                           home=args.home if which == "new" else None)
             r["commit"] = sha
             runs[which] = r
             print(f"{which}: {r['wall_s']} s wall, exit {r['returncode']}, load {r['loadavg_before']} -> "
