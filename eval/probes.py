@@ -286,7 +286,7 @@ class LinearProbe:
         return standardise_rows(X, self.mean_, self.std_)
 
     def fit(self, X, y, init=None, stats=None, basis=None) -> LinearProbe:
-        """``stats``: ``standardiser(X)`` when the caller has it already; ``init``, ``basis``: see :func:`fit_logreg`."""
+        """``stats``: ``standardiser(X)`` when the caller has it; ``init``, ``basis``: see :func:`fit_logreg`."""
         X = _as_features(X)
         self.mean_, self.std_ = standardiser(X) if stats is None else stats
         self.coef_, self.intercept_ = fit_logreg(self.transform(X), y, self.num_classes, self.l2,

@@ -297,9 +297,9 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
     L-BFGS; ``gamma = s'y / y'My``). With ``precond_basis`` (``[D, D]`` orthogonal ``U``) the weights' part of
     ``precond`` is the diagonal in the coordinates ``w U`` of each class row: the initial inverse Hessian is
     ``U diag(m) U'`` per class row (three ``[A*C, D] x [D, D]`` products per iteration), which is what the
-    diagonal ``precond`` is on rotated features ``X U``, without rotating ``X``. ``rotation`` (``[D, D]`` orthogonal ``U``) says that ``X`` holds
-    rotated features ``X0 U``: the gradient test is then made on the weights in the original
-    coordinates (``gW U'``), so the stopping rule is the unrotated problem's. See
+    diagonal ``precond`` is on rotated features ``X U``, without rotating ``X``. ``rotation`` (``[D, D]``
+    orthogonal ``U``) says that ``X`` holds rotated features ``X0 U``: the gradient test is then made on the
+    weights in the original coordinates (``gW U'``), so the stopping rule is the unrotated problem's. See
     :func:`fit_logreg_spectral`.
 
     ``design [P]`` (int64): problem ``p`` is fitted on ``X[design[p]]`` of ``X [F, N, D]`` with labels
@@ -534,7 +534,7 @@ def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: in
     ``l2`` (1e-6) to tens. Rotating the features by the eigenvectors ``U`` leaves the penalty
     ``||W||^2`` unchanged (``||W U|| = ||W||``), and in that basis the Hessian is close to diagonal, so
     the initial inverse Hessian ``diag(1 / (kappa * lambda_j + l2))`` (bias: ``1 / kappa``) removes most
-    of the spread. The rotation costs one ``D x D`` eigendecomposition and one ``N x D x D`` product.
+    of the spread. The basis costs one ``D x D`` eigendecomposition and the covariance's ``N x D x D`` product.
     With fewer rows than features (``N < D``) the basis spans the rows only (:func:`spectral_basis`):
     the same minimiser, solved in ``N`` coordinates per class instead of ``D``.
 
@@ -544,7 +544,12 @@ def fit_logreg_spectral(X, y, num_classes: int, l2s, *, tol: float, max_iter: in
     at the cost of ``N``-wide instead of ``D``-wide steps: the few-shot fits use it, keeping the answers
     of the plain solver where weakly regularised fits on separable supports stop (at ``tol``) before
     their predictions settle.
-    ``basis``: ``spectral_basis(X)`` when the caller has it already (e.g. shared by several calls on ``X``).
+    With a full basis (``N >= D``) and the preconditioner the rows are not rotated: the same preconditioner is
+    applied in the basis (``fit_logreg_batch(precond_basis=U)``), which saves the ``N x D x D`` product; only the
+    first step's length (scaled by the direction's l1 norm) is then taken in the original coordinates.
+    ``basis``: ``spectral_basis(X)`` when the caller has it already (e.g. shared by several calls on ``X``); a full
+    basis (``r = D``) may also be another covariance's, e.g. of most of the same rows: any orthonormal basis gives
+    the same minimiser, a nearby one preconditions as well.
     Returns ``W [P, C, D]`` (original coordinates) and ``b [P, C]``.
     """
     N, D = X.shape
