@@ -727,27 +727,34 @@ def _det_data(n=4500, nt=600, d=96, c=6, seed=0):
             (mu[yt] + rng.normal(size=(nt, d))).astype(np.float32), yt)
 
 
+def _at_1_and_2_threads(fn):
+    """``fn()`` at 1 and at 2 torch threads; each call must leave the caller's thread count as it found it."""
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            out.append(fn())
+            assert torch.get_num_threads() == th  # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
 def test_probes_bit_identical_at_1_and_2_threads():
     """Same data and seeds at 1 and 2 threads: identical accuracies, selected l2 and fitted weights
     (torch.equal). Without eval.solver.one_thread the spectral preconditioner's eigh and the long-inner-
     dimension gradient GEMM round differently at 2 threads and the weights differ in the last bits."""
     x, y, xt, yt = _det_data()
-    before = torch.get_num_threads()
-    out = {}
-    try:
-        for th in (1, 2):
-            torch.set_num_threads(th)
-            lin = probes.linear_probe(x, y, xt, yt, l2_grid=[1e-3, 1e-1, 10.0], max_iter=60)
-            few = probes.fewshot_probe(x, y, xt, yt, shots=[5], seeds=[0, 1], l2_grid=[1e-3, 1e-1, 10.0],
-                                       max_iter=60)
-            knn = probes.knn_probe(x, y, xt, yt, k=20, chunk=256)
-            W = solver.fit_logreg_spectral(torch.as_tensor(x), torch.as_tensor(y), 6, [1e-2], tol=1e-6,
-                                           max_iter=40)
-            out[th] = (lin, few, knn, W)
-            assert torch.get_num_threads() == th  # the caller's thread count is restored
-    finally:
-        torch.set_num_threads(before)
-    (l1, f1, k1, W1), (l2, f2, k2, W2) = out[1], out[2]
+
+    def run():
+        lin = probes.linear_probe(x, y, xt, yt, l2_grid=[1e-3, 1e-1, 10.0], max_iter=60)
+        few = probes.fewshot_probe(x, y, xt, yt, shots=[5], seeds=[0, 1], l2_grid=[1e-3, 1e-1, 10.0], max_iter=60)
+        knn = probes.knn_probe(x, y, xt, yt, k=20, chunk=256)
+        W = solver.fit_logreg_spectral(torch.as_tensor(x), torch.as_tensor(y), 6, [1e-2], tol=1e-6, max_iter=40)
+        return lin, few, knn, W
+
+    (l1, f1, k1, W1), (l2, f2, k2, W2) = _at_1_and_2_threads(run)
     assert l1 == l2 and f1 == f2 and k1 == k2
     assert torch.equal(W1[0], W2[0]) and torch.equal(W1[1], W2[1])
 
@@ -765,19 +772,13 @@ def test_large_designs_are_cut_into_row_parts_with_the_same_bits_at_1_and_2_thre
     b = torch.zeros(2, 5)
     onehot_t = F.one_hot(Y, 5).float().t().contiguous()
     pen = torch.full((2, 24), 1e-3)
-    before = torch.get_num_threads()
-    out = {}
-    try:
-        for th in (1, 2):
-            torch.set_num_threads(th)
-            lin = probes.linear_probe(x, y, xt, yt, l2_grid=[1e-3, 1e-1, 10.0], max_iter=40)
-            stats = probes.standardiser(X)
-            with solver.one_thread():
-                obj = solver.logreg_objective(X, Y, onehot_t, W, b, pen, None)
-            out[th] = (lin, stats, obj)
-    finally:
-        torch.set_num_threads(before)
-    (l1, s1, o1), (l2, s2, o2) = out[1], out[2]
+    def run():
+        lin = probes.linear_probe(x, y, xt, yt, l2_grid=[1e-3, 1e-1, 10.0], max_iter=40)
+        with solver.one_thread():
+            obj = solver.logreg_objective(X, Y, onehot_t, W, b, pen, None)
+        return lin, probes.standardiser(X), obj
+
+    (l1, s1, o1), (l2, s2, o2) = _at_1_and_2_threads(run)
     assert l1 == l2
     assert all(torch.equal(a, c) for a, c in zip(s1, s2)) and all(torch.equal(a, c) for a, c in zip(o1, o2))
     X64 = X.double()
