@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .solver import (ROW_CHUNK_BYTES, even_parts, fit_logreg_batch, fit_logreg_spectral, row_parts, run_parallel,
-                     single_threaded, spectral_basis, stacked_predict)
+from .solver import (block_rows, even_parts, fill_row_parts, fit_logreg_batch, fit_logreg_spectral, row_parts,
+                     run_parallel, single_threaded, spectral_basis, stacked_predict)
 from .stats import mean_std
 
 __all__ = [
@@ -226,28 +226,15 @@ def standardiser(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def standardise_rows(X: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(X - mean) / std`` into a new tensor; a design of several row parts (:func:`eval.solver.row_parts`) part by
-    part, side by side when threads are free (elementwise: the same bits either way)."""
-    parts = row_parts(X.shape[0])
-    if len(parts) == 1:
-        return (X - mean).div_(std)  # in place: a second [N, D] buffer would cost its page faults
-    out = torch.empty_like(X)
-    run_parallel([functools.partial(_standardise_into, X[lo:hi], mean, std, out[lo:hi]) for lo, hi in parts])
-    return out
-
-
-def _standardise_into(x, mean, std, out):
-    torch.sub(x, mean, out=out).div_(std)
+    """``(X - mean) / std`` into a new tensor, row part by row part (:func:`eval.solver.fill_row_parts`;
+    elementwise: the same bits either way)."""
+    return fill_row_parts(torch.empty_like(X), lambda lo, hi, o: torch.sub(X[lo:hi], mean, out=o).div_(std))
 
 
 def take_rows(X: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``X[idx]``; many rows are copied in row parts side by side (a copy: the same bits)."""
-    parts = row_parts(idx.numel())
-    if len(parts) == 1:
-        return X[idx]
-    out = X.new_empty(idx.numel(), *X.shape[1:])
-    run_parallel([functools.partial(torch.index_select, X, 0, idx[lo:hi], out=out[lo:hi]) for lo, hi in parts])
-    return out
+    """``X[idx]``, row part by row part (:func:`eval.solver.fill_row_parts`; a copy: the same bits)."""
+    return fill_row_parts(X.new_empty(idx.numel(), *X.shape[1:]),
+                          lambda lo, hi, o: torch.index_select(X, 0, idx[lo:hi], out=o))
 
 
 def _part_moments(Xp: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -255,7 +242,7 @@ def _part_moments(Xp: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     n, D = Xp.shape
     mean = Xp.mean(0)
     ss = torch.zeros(D, dtype=torch.float64, device=Xp.device)
-    step = max(256, ROW_CHUNK_BYTES // (4 * max(D, 1)))
+    step = block_rows(D)
     for s in range(0, n, step):
         d = Xp[s:s + step] - mean
         ss += d.mul_(d).sum(0).double()

@@ -44,7 +44,9 @@ __all__ = [
     "run_parallel",
     "ROW_PARTS",
     "ROW_PART_MIN_ROWS",
+    "block_rows",
     "even_parts",
+    "fill_row_parts",
     "row_parts",
     "rotate_rows",
     "thread_budget",
@@ -79,6 +81,11 @@ def even_parts(n: int, k: int) -> list[tuple[int, int]]:
     k = max(1, min(int(k), n))
     edges = [round(i * n / k) for i in range(k + 1)]
     return [(edges[i], edges[i + 1]) for i in range(k) if edges[i + 1] > edges[i]]
+
+
+def block_rows(dim: int) -> int:
+    """Rows of a ``dim``-wide float32 block of :data:`ROW_CHUNK_BYTES` (at least 256)."""
+    return max(256, ROW_CHUNK_BYTES // (4 * max(dim, 1)))
 
 
 def row_parts(n: int) -> list[tuple[int, int]]:
@@ -252,7 +259,7 @@ def logreg_objective(X, y, onehot_t, W, b, penalty, weight, design=None):
     else:
         N = X.shape[0]
         Wm, bm = W.reshape(A * C, D), b.reshape(A * C, 1)
-        step = max(256, ROW_CHUNK_BYTES // (4 * max(D, 1)))
+        step = block_rows(D)
         if hasattr(X, "blocks"):  # a row source on disk (eval.stream_probes.RowSource): read block by block
             loss, gW, gb = _objective_rows(X.blocks(step), N, C, Wm, bm, onehot_t, weight)
         else:
@@ -361,16 +368,15 @@ def fit_logreg_batch(X, y, num_classes: int, penalty, weight=None, *, tol: float
         if M is None or Ub.shape != (D, D) or rotation is not None or design is not None:
             raise ValueError("precond_basis needs precond, a [D, D] basis, no rotation and a shared design")
 
-    def apply_h0(v, M_):  # the initial inverse Hessian (without gamma) times v [A, n], in the basis Ub
-        # problems split in two fixed halves, side by side when threads are free: [A*C, D] x [D, D] products
-        return torch.cat(run_parallel([functools.partial(_h0_apply, v[lo:hi], M_[lo:hi], Ub, C)
+    def by_halves(fn, v, M_):  # fn on two fixed halves of the problems, side by side when threads are free
+        return torch.cat(run_parallel([functools.partial(fn, v[lo:hi], M_[lo:hi], Ub, C)
                                        for lo, hi in even_parts(v.shape[0], 2)]))
 
+    def apply_h0(v, M_):  # the initial inverse Hessian (without gamma) times v [A, n], in the basis Ub
+        return by_halves(_h0_apply, v, M_)   # [A*C, D] x [D, D] products
+
     def h0_norm(v, M_):  # v' H0 v
-        if Ub is None:
-            return vdot(v, v * M_)
-        return torch.cat(run_parallel([functools.partial(_h0_norm, v[lo:hi], M_[lo:hi], Ub, C)
-                                       for lo, hi in even_parts(v.shape[0], 2)]))
+        return vdot(v, v * M_) if Ub is None else by_halves(_h0_norm, v, M_)
 
     def converged(g_):  # max-abs gradient <= tol, in the original coordinates when X is rotated
         if rotation is None:
@@ -622,16 +628,19 @@ def _part_gram(Xp: torch.Tensor, cols) -> torch.Tensor:
     return out
 
 
+def fill_row_parts(out: torch.Tensor, fn) -> torch.Tensor:
+    """``fn(lo, hi, out[lo:hi])`` for every row part of ``out`` (:func:`row_parts`), side by side when threads are
+    free; ``fn`` writes rows ``[lo, hi)`` of the result into its third argument. Returns ``out``. Each row is
+    computed by the same operation whatever the thread count (one part: the whole of ``out`` at once)."""
+    run_parallel([functools.partial(fn, lo, hi, out[lo:hi]) for lo, hi in row_parts(out.shape[0])])
+    return out
+
+
 @single_threaded
 def rotate_rows(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """``X @ U``, row part by row part (:func:`row_parts`): each row is the same float32 product whatever the
-    thread count."""
-    parts = row_parts(X.shape[0])
-    if len(parts) == 1:
-        return X @ U
-    out = X.new_empty(X.shape[0], U.shape[1])
-    run_parallel([functools.partial(torch.matmul, X[lo:hi], U, out=out[lo:hi]) for lo, hi in parts])
-    return out
+    """``X @ U``, row part by row part (:func:`fill_row_parts`)."""
+    return fill_row_parts(X.new_empty(X.shape[0], U.shape[1]),
+                          lambda lo, hi, o: torch.matmul(X[lo:hi], U, out=o))
 
 
 def stacked_predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
