@@ -229,6 +229,9 @@ def main(argv=None) -> int:
 
         peak = matmul_peak(torch.float32, sizes=(2048,))["flops_per_s"]
 
+    def describe(name, xtr, xte):
+        return {"features": name, "n_train": len(xtr), "n_test": len(xte), "dim": xtr.shape[1]}
+
     def report(**r):
         rows.append(r)
         extra = r.get("detail", "")
@@ -246,14 +249,14 @@ def main(argv=None) -> int:
             assert all(q[2] == runs[0][2] for q in runs), "the linear probe gave different results on the same input"
             ours[name] = sorted(runs, key=lambda q: q[0])[(len(runs) - 1) // 2]   # the median run (lower middle)
             dt, ct, r = ours[name]
-            report(features=name, n_train=len(xtr), n_test=len(xte), dim=xtr.shape[1], probe="linear", seconds=dt,
-                   cpu_seconds=ct, accuracy=r["accuracy"], l2=r["l2"], val_accuracies=r["val_accuracies"],
-                   all_seconds=[q[0] for q in runs], all_cpu_seconds=[q[1] for q in runs],
+            report(**describe(name, xtr, xte), probe="linear", seconds=dt, cpu_seconds=ct, accuracy=r["accuracy"],
+                   l2=r["l2"], val_accuracies=r["val_accuracies"], all_seconds=[q[0] for q in runs],
+                   all_cpu_seconds=[q[1] for q in runs],
                    detail=f"l2={r['l2']:g}" + (f"  (median of {len(runs)}: " + ", ".join(f"{q[0]:.2f}" for q in runs)
                                                 + " s)" if len(runs) > 1 else ""))
     for name, make in sets:
-        xtr, ytr, xte, yte = make()
-        base = {"features": name, "n_train": len(xtr), "n_test": len(xte), "dim": xtr.shape[1]}
+        xtr, ytr, xte, yte = make()  # again: deterministic, and one set in memory at a time
+        base = describe(name, xtr, xte)
         if "linear" in which:
             dt, ct, r = ours[name]
             if args.sklearn:

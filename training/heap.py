@@ -7,9 +7,9 @@ allocates and frees its activations and their gradients every step -- at ResNet-
 pages, faults each of them in and zeroes it: measured 95,081 page faults and 0.26 s of system time per
 width-16 step on two cores (1,386,018 and 3.55 s at width 64), and a ReLU on such a tensor took 15 ms
 instead of 4 (``benchmarks/train_step.py``; the step is 1.40x / 1.42x with this setting). With the
-threshold raised out of reach and the heap never trimmed, a freed block is reused by the next step's request of the same size: no system call, no page fault. The
-arithmetic is the same (same kernels on the same values: the losses are bit-identical,
-``tests/test_heap.py``); the cost is memory: the heap keeps what it could not reuse (a higher peak RSS,
+threshold raised out of reach and the heap never trimmed, a freed block is reused by the next step's request
+of the same size: no system call, no page fault. The arithmetic is the same (same kernels on the same values:
+the losses are bit-identical, ``tests/test_heap.py``); the cost is memory: the heap keeps what it could not reuse (a higher peak RSS,
 measured by ``benchmarks/train_step.py``), and the process keeps its peak heap instead of handing memory back
 to the system, which a training process, whose steps all peak alike, does not miss.
 
